@@ -1,0 +1,172 @@
+"""Private helpers shared by every module: option validation, dtypes, masks and
+reductions.
+
+Nothing here is public API. Every public function validates its static options
+with :func:`check_option` / :func:`check_static`, upcasts with
+:func:`compute_dtype`, and reduces per-position values with :func:`reduce`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+PARAM_REDUCTIONS = ("sum", "mean")
+
+
+def _is_array_like_value(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+
+
+def check_static(name: str, value: Any) -> None:
+    """Raises ``TypeError`` if ``value`` is an array or tracer.
+
+    Static options select code paths at trace time; a traced value cannot.
+    """
+    if _is_array_like_value(value):
+        raise TypeError(
+            f"`{name}` must be a static Python value (str, bool, int, float or "
+            f"None), got an array or traced value of type {type(value).__name__}. "
+            f"Pass a plain Python value; inside `jax.jit` mark it static."
+        )
+
+
+def check_option(name: str, value: Any, valid: Sequence[Any]) -> None:
+    """Checks that a static option is a Python value among ``valid``."""
+    check_static(name, value)
+    try:
+        ok = value in valid and not (isinstance(value, bool) and True not in valid)
+    except TypeError:  # unhashable or incomparable
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"Expected `{name}` to be one of {tuple(valid)!r}, got {value!r}."
+        )
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Checks that a static option is a Python ``bool``."""
+    check_static(name, value)
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected `{name}` to be a Python bool, got {value!r}.")
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> None:
+    """Checks that a static option is a Python ``int`` (optionally >= minimum)."""
+    check_static(name, value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Expected `{name}` to be a Python int, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Expected `{name}` to be >= {minimum}, got {value!r}.")
+
+
+def check_floating(name: str, x: Any) -> jax.Array:
+    """Returns ``x`` as an array, raising ``TypeError`` unless it is floating."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"Expected `{name}` to be a floating-point array, got dtype {x.dtype}."
+        )
+    return x
+
+
+def compute_dtype(*xs: Any) -> jnp.dtype:
+    """float64 if any input is float64 (x64 enabled), else float32.
+
+    bfloat16 and float16 inputs are upcast: arithmetic and accumulation always
+    happen in at least float32.
+    """
+    dtypes = [jnp.result_type(x) for x in xs]
+    if any(d == jnp.float64 for d in dtypes):
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def upcast(*xs: Any) -> tuple[jax.Array, ...]:
+    """Casts every input to :func:`compute_dtype` of all of them."""
+    dtype = compute_dtype(*xs)
+    return tuple(jnp.asarray(x).astype(dtype) for x in xs)
+
+
+def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Raises ``ValueError`` naming both shapes when they differ."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"Expected `{name_a}` and `{name_b}` to have the same shape, got "
+            f"{jnp.shape(a)} and {jnp.shape(b)}. Distributions are never broadcast "
+            f"against each other."
+        )
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """Validates a static integer axis and returns it as a non-negative index."""
+    check_static(name, axis)
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"Expected `{name}` to be a Python int, got {axis!r}.")
+    if ndim == 0:
+        raise ValueError(
+            "Expected an input with at least one dimension (the distribution "
+            "axis), got a scalar."
+        )
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"Expected `{name}` to be in [{-ndim}, {ndim}) for an input of rank "
+            f"{ndim}, got {axis}."
+        )
+    return axis % ndim
+
+
+def broadcast_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
+    """Validates ``where`` and broadcasts it to the position ``shape``."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(
+            f"Expected `where` to be a boolean array, got dtype {where.dtype}."
+        )
+    try:
+        target = jnp.broadcast_shapes(where.shape, shape)
+    except ValueError:
+        target = None
+    if target != tuple(shape):
+        raise ValueError(
+            f"Expected `where` to be broadcastable to the position shape {shape}, "
+            f"got shape {where.shape}."
+        )
+    return jnp.broadcast_to(where, shape)
+
+
+def reduce(values: jax.Array, reduction: str, where: jax.Array | None) -> jax.Array:
+    """Reduces per-position ``values`` ("mean", "sum" or "none").
+
+    Positions where ``where`` is False contribute exactly 0 (a NaN there does not
+    leak); "mean" divides by the number of True positions and gives 0.0 when
+    there is none.
+    """
+    if where is not None:
+        values = jnp.where(where, values, jnp.zeros((), values.dtype))
+    if reduction == "none":
+        return values
+    total = jnp.sum(values)
+    if reduction == "sum":
+        return total
+    if where is None:
+        count = jnp.asarray(values.size, values.dtype)
+    else:
+        count = jnp.sum(where, dtype=values.dtype)
+    return total / jnp.maximum(count, 1)
+
+
+def sanitize(x: jax.Array, where: jax.Array | None, fill: float = 0.0) -> jax.Array:
+    """Replaces masked-out positions of ``x`` (shape positions + trailing) by
+    ``fill``, so garbage there reaches neither the value nor the gradient."""
+    if where is None:
+        return x
+    mask = where.reshape(where.shape + (1,) * (x.ndim - where.ndim))
+    return jnp.where(mask, x, jnp.asarray(fill, x.dtype))

@@ -1,0 +1,310 @@
+"""Exact divergences between distributions given as log-probabilities.
+
+KL (forward, reverse, symmetric in one pass), generalised Jensen–Shannon and
+entropy over a distribution axis (the vocabulary axis of an LM), with
+``reduction`` and ``where`` over the remaining (position) axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxpenalties import _kernels
+from jaxpenalties import _utils as u
+
+DIRECTIONS = ("forward", "reverse")
+ENTROPY_MODES = ("bonus", "penalty")
+
+
+# ----------------------------------------------------------------------------
+# Shared preparation: validation (eager, at trace time), then a jitted core.
+# ----------------------------------------------------------------------------
+
+
+def _check_temperature(temperature: Any) -> Any:
+    """Returns None for a Python temperature of exactly 1 (no re-normalisation).
+
+    Any other value (including an array, traced or not) is kept dynamic so that
+    changing it never recompiles.
+    """
+    if isinstance(temperature, bool):
+        raise ValueError(f"Expected `temperature` to be a number, got {temperature!r}.")
+    if isinstance(temperature, numbers.Real):
+        if not temperature > 0:
+            raise ValueError(f"Expected `temperature` to be > 0, got {temperature!r}.")
+        return None if temperature == 1 else float(temperature)
+    temperature = jnp.asarray(temperature)
+    if temperature.ndim != 0:
+        raise ValueError(
+            f"Expected `temperature` to be a scalar, got shape {temperature.shape}."
+        )
+    return temperature
+
+
+def _check_beta(beta: Any) -> float:
+    u.check_static("beta", beta)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise ValueError(f"Expected `beta` to be a Python float, got {beta!r}.")
+    if not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"Expected `beta` to be in the open interval (0, 1), got {beta!r}. "
+            "At the ends JS_beta is identically 0; use `kl_divergence` for those "
+            "limits."
+        )
+    return float(beta)
+
+
+def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
+    """Validates a pair of log-prob arrays; returns them and the positive axis."""
+    p = u.check_floating(names[0], p)
+    q = u.check_floating(names[1], q)
+    u.check_same_shape(names[0], p, names[1], q)
+    axis = u.normalize_axis(axis, p.ndim)
+    return p, q, axis
+
+
+def prepare(x, axis: int, where, temperature):
+    """Moves ``axis`` last, upcasts, masks, and applies the temperature.
+
+    Returns the prepared array(s) and the broadcast ``where`` mask.
+    """
+    xs = u.upcast(*x)
+    xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
+    mask = u.broadcast_where(where, xs[0].shape[:-1])
+    xs = tuple(u.sanitize(v, mask) for v in xs)
+    if temperature is not None:
+        t = jnp.asarray(temperature, xs[0].dtype)
+        xs = tuple(jax.nn.log_softmax(v / t, axis=-1) for v in xs)
+    return xs, mask
+
+
+@functools.partial(
+    jax.jit, static_argnames=("direction", "symmetric", "reduction", "axis")
+)
+def _kl_impl(p, q, temperature, where, *, direction, symmetric, reduction, axis):
+    (a, b), mask = prepare((p, q), axis, where, temperature)
+    if symmetric:
+        values = _kernels.symmetric_kl(a, b)
+    elif direction == "forward":
+        values = _kernels.forward_kl(a, b)
+    else:
+        values = _kernels.forward_kl(b, a)
+    return u.reduce(values, reduction, mask)
+
+
+def kl_divergence(
+    p_logprobs: jax.typing.ArrayLike,
+    q_logprobs: jax.typing.ArrayLike,
+    *,
+    direction: str = "forward",
+    symmetric: bool = False,
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+    axis: int = -1,
+) -> jax.Array:
+    r"""Kullback–Leibler divergence between two distributions in log space.
+
+    .. math::
+
+        \mathrm{KL}(P \| Q) = \sum_v p_v (\log p_v - \log q_v)
+
+    ``direction="forward"`` gives KL(P‖Q), ``"reverse"`` gives KL(Q‖P) and
+    ``symmetric=True`` gives ½(KL(P‖Q) + KL(Q‖P)) = ½ Σ (p − q)(log p − log q),
+    computed in one pass (``direction`` is then ignored).
+
+    Exact: a term with p = 0 is 0 (also where q = 0), a term with p > 0 and
+    q = 0 makes the value +inf; no clipping and no probability floor.
+    Gradients are analytic (custom VJP) and finite wherever the value is.
+
+    Args:
+      p_logprobs: log-probabilities of P, e.g. ``jax.nn.log_softmax(logits)``.
+      q_logprobs: log-probabilities of Q (the reference), same shape.
+      direction: ``"forward"`` (KL(P‖Q)) or ``"reverse"`` (KL(Q‖P)). Static.
+      symmetric: average both directions. Static.
+      temperature: if not 1, both inputs are first re-normalised as
+        ``log_softmax(x / T)``. No T² factor is applied (Hinton et al. multiply
+        the loss by T² to keep gradient magnitudes; do so in the weight).
+        A Python float or a scalar array (changing it never recompiles).
+      reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to the position shape (the
+        input shape without ``axis``). Masked positions may hold garbage.
+      axis: the distribution axis. Static.
+
+    Returns:
+      A float32 scalar (float64 for float64 inputs), or the per-position values
+      of shape ``p_logprobs.shape`` without ``axis`` for ``reduction="none"``.
+
+    Raises:
+      ValueError: for an unknown option value or mismatched shapes.
+      TypeError: for a traced value given as a static option, or integer input.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> p = jnp.log(jnp.array([0.5, 0.5]))
+      >>> q = jnp.log(jnp.array([0.25, 0.75]))
+      >>> print(f"{jp.kl_divergence(p, q):.4f}")  # ½ log 2 + ½ log(2/3)
+      0.1438
+
+    References:
+      Kullback and Leibler, On Information and Sufficiency, 1951.
+    """
+    u.check_option("direction", direction, DIRECTIONS)
+    u.check_bool("symmetric", symmetric)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
+    temperature = _check_temperature(temperature)
+    return _kl_impl(
+        p,
+        q,
+        temperature,
+        where,
+        direction=direction,
+        symmetric=symmetric,
+        reduction=reduction,
+        axis=axis,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("reduction", "axis"))
+def _js_impl(p, q, beta, temperature, where, *, reduction, axis):
+    (a, b), mask = prepare((p, q), axis, where, temperature)
+    values = _kernels.js(a, b, jnp.asarray(beta, a.dtype))
+    return u.reduce(values, reduction, mask)
+
+
+def js_divergence(
+    p_logprobs: jax.typing.ArrayLike,
+    q_logprobs: jax.typing.ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+    axis: int = -1,
+) -> jax.Array:
+    r"""Generalised Jensen–Shannon divergence in log space.
+
+    .. math::
+
+        M = \beta P + (1 - \beta) Q, \qquad
+        \mathrm{JS}_\beta(P \| Q) = \beta\,\mathrm{KL}(P \| M)
+            + (1 - \beta)\,\mathrm{KL}(Q \| M)
+
+    ``log M`` is formed with ``logaddexp`` (never ``log(max(m, eps))``), so the
+    value is exact and always finite; β = 0.5 is the standard JS divergence,
+    bounded by log 2. The gradient is β p (log p − log m) w.r.t. ``log p``.
+
+    Args:
+      p_logprobs: log-probabilities of P (e.g. the student).
+      q_logprobs: log-probabilities of Q (e.g. the teacher), same shape.
+      beta: mixture weight in the open interval (0, 1). Changing it does not
+        recompile.
+      temperature: if not 1, inputs are re-normalised as ``log_softmax(x / T)``
+        first; no T² factor.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to the position shape.
+      axis: the distribution axis. Static.
+
+    Returns:
+      A scalar, or per-position values for ``reduction="none"``.
+
+    Raises:
+      ValueError: β outside (0, 1), unknown option, mismatched shapes.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> p = jnp.log(jnp.array([1.0, 0.0]))
+      >>> q = jnp.log(jnp.array([0.0, 1.0]))
+      >>> print(f"{jp.js_divergence(p, q):.6f}")  # disjoint supports: log 2
+      0.693147
+
+    References:
+      Agarwal et al., On-Policy Distillation of Language Models: Learning from
+      Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
+      Shannon entropy, 1991.
+    """
+    beta = _check_beta(beta)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
+    temperature = _check_temperature(temperature)
+    return _js_impl(p, q, beta, temperature, where, reduction=reduction, axis=axis)
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "normalize", "reduction", "axis"))
+def _entropy_impl(x, temperature, where, *, mode, normalize, reduction, axis):
+    (a,), mask = prepare((x,), axis, where, temperature)
+    neg_h = _kernels.neg_entropy(a)  # −H
+    if normalize:
+        neg_h = neg_h / jnp.log(jnp.asarray(a.shape[-1], a.dtype))
+    values = neg_h if mode == "bonus" else -neg_h
+    return u.reduce(values, reduction, mask)
+
+
+def entropy(
+    logprobs: jax.typing.ArrayLike,
+    *,
+    mode: str = "bonus",
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    normalize: bool = False,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+    axis: int = -1,
+) -> jax.Array:
+    r"""Shannon entropy as a loss term, H(P) = −Σ p log p (0 · log 0 = 0).
+
+    The sign is chosen for a term *added to a loss that is minimised*:
+    ``mode="bonus"`` returns **−H** (minimising it raises entropy: the RL
+    entropy bonus), ``mode="penalty"`` returns **+H** (minimising lowers it).
+    NxPenalties returned +H for its "bonus" mode.
+
+    Args:
+      logprobs: log-probabilities along ``axis``.
+      mode: ``"bonus"`` (−H) or ``"penalty"`` (+H). Static.
+      temperature: if not 1, re-normalise as ``log_softmax(x / T)`` first.
+      normalize: divide by log(size of ``axis``), so H ∈ [0, 1]. Static.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to the position shape.
+      axis: the distribution axis. Static.
+
+    Returns:
+      A scalar, or per-position values for ``reduction="none"``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> uniform = jnp.log(jnp.full((4,), 0.25))
+      >>> print(f"{jp.entropy(uniform, mode='penalty'):.4f}")  # log 4
+      1.3863
+      >>> print(f"{jp.entropy(uniform, normalize=True):.1f}")  # bonus: −H / log 4
+      -1.0
+
+    References:
+      Shannon, A Mathematical Theory of Communication, 1948. Williams and Peng,
+      Function Optimization using Connectionist Reinforcement Learning
+      Algorithms (entropy regularisation), 1991.
+    """
+    u.check_option("mode", mode, ENTROPY_MODES)
+    u.check_bool("normalize", normalize)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    x = u.check_floating("logprobs", logprobs)
+    axis = u.normalize_axis(axis, x.ndim)
+    if normalize and x.shape[axis] < 2:
+        raise ValueError(
+            "Expected the `axis` of `logprobs` to have size >= 2 with "
+            f"normalize=True (log of its size is the divisor), got {x.shape[axis]}."
+        )
+    temperature = _check_temperature(temperature)
+    return _entropy_impl(
+        x,
+        temperature,
+        where,
+        mode=mode,
+        normalize=normalize,
+        reduction=reduction,
+        axis=axis,
+    )
