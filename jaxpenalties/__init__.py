@@ -3,16 +3,48 @@
 ``import jaxpenalties as jp`` gives every public name.
 """
 
+from jaxpenalties.constraints import consistency as consistency
+from jaxpenalties.constraints import orthogonality as orthogonality
 from jaxpenalties.divergences import entropy as entropy
 from jaxpenalties.divergences import js_divergence as js_divergence
 from jaxpenalties.divergences import kl_divergence as kl_divergence
 from jaxpenalties.estimators import kl_estimate as kl_estimate
+from jaxpenalties.gradient_penalties import gradient_penalty as gradient_penalty
+from jaxpenalties.gradient_penalties import (
+    interpolated_gradient_penalty as interpolated_gradient_penalty,
+)
+from jaxpenalties.gradient_penalties import (
+    output_magnitude_penalty as output_magnitude_penalty,
+)
+from jaxpenalties.penalties import elastic_net as elastic_net
+from jaxpenalties.penalties import l1 as l1
+from jaxpenalties.penalties import l2 as l2
+from jaxpenalties.regularize import Penalty as Penalty
+from jaxpenalties.regularize import regularize as regularize
+from jaxpenalties.transforms import add_elastic_net_decay as add_elastic_net_decay
+from jaxpenalties.transforms import add_l1_decay as add_l1_decay
+from jaxpenalties.transforms import add_penalty_gradient as add_penalty_gradient
+from jaxpenalties.validation import check_finite as check_finite
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Penalty",
+    "add_elastic_net_decay",
+    "add_l1_decay",
+    "add_penalty_gradient",
+    "check_finite",
+    "consistency",
+    "elastic_net",
     "entropy",
+    "gradient_penalty",
+    "interpolated_gradient_penalty",
     "js_divergence",
     "kl_divergence",
     "kl_estimate",
+    "l1",
+    "l2",
+    "orthogonality",
+    "output_magnitude_penalty",
+    "regularize",
 ]

@@ -8,6 +8,7 @@ with :func:`check_option` / :func:`check_static`, upcasts with
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,3 +171,65 @@ def sanitize(x: jax.Array, where: jax.Array | None, fill: float = 0.0) -> jax.Ar
         return x
     mask = where.reshape(where.shape + (1,) * (x.ndim - where.ndim))
     return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
+
+
+def check_scalar(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Any:
+    """Validates a numeric, weight-like argument that is *not* static.
+
+    A Python number is range-checked eagerly and returned as a ``float``; an
+    array (concrete or traced) must be a scalar and is returned as is (its
+    range cannot be checked at trace time). Either way the value reaches the
+    jitted core as a dynamic argument, so changing it never recompiles.
+    """
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) or _is_array_like_value(value)
+    ):
+        raise ValueError(f"Expected `{name}` to be a number, got {value!r}.")
+    if _is_array_like_value(value):
+        value = jnp.asarray(value)
+        if value.ndim != 0:
+            raise ValueError(
+                f"Expected `{name}` to be a scalar, got an array of shape "
+                f"{value.shape}."
+            )
+        return value
+    value = float(value)
+    below = low is not None and (value <= low if open_low else value < low)
+    above = high is not None and (value >= high if open_high else value > high)
+    if below or above or value != value:
+        left = "(" if open_low else "["
+        right = ")" if open_high else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(
+            f"Expected `{name}` to be in {left}{lo}, {hi}{right}, got {value!r}."
+        )
+    return value
+
+
+def named_leaves(tree: Any, root: str) -> list[tuple[str, Any]]:
+    """The leaves of ``tree`` with readable names such as ``params['w'][0]``.
+
+    ``None`` entries are empty subtrees (no leaves), as everywhere in JAX.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(root + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def safe_sqrt(sq: jax.Array) -> jax.Array:
+    """``sqrt(sq)`` for ``sq >= 0`` whose gradient is 0 (not inf/NaN) at 0.
+
+    The "double where": the input is made safe before the square root and the
+    output is masked afterwards, so no inf ever enters the backward pass.
+    """
+    positive = sq > 0
+    root = jnp.sqrt(jnp.where(positive, sq, jnp.ones((), sq.dtype)))
+    return jnp.where(positive, root, jnp.zeros((), sq.dtype))

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
@@ -37,7 +38,9 @@ def _check_temperature(temperature: Any) -> Any:
     if isinstance(temperature, numbers.Real):
         if not temperature > 0:
             raise ValueError(f"Expected `temperature` to be > 0, got {temperature!r}.")
-        return None if temperature == 1 else float(temperature)
+        # A strongly typed float32 scalar: Python floats and float32 arrays
+        # share one compiled version.
+        return None if temperature == 1 else np.float32(temperature)
     temperature = jnp.asarray(temperature)
     if temperature.ndim != 0:
         raise ValueError(

@@ -1,0 +1,482 @@
+"""Memory-bounded divergences between linear-head distributions (large vocabularies).
+
+``fused_linear_kl_divergence`` and ``fused_linear_js_divergence`` take hidden
+states and the head's kernel instead of log-probabilities: P = softmax(x @ w / T),
+Q = softmax(ref_x @ ref_w / T). The [positions, V] logits are never formed for all
+positions at once, neither in the forward nor in the backward pass: positions are
+processed in chunks of at most ``chunk_size`` rows inside one ``lax.scan``, so the
+peak extra memory is O(chunk_size · V) (plus one float32 [H, V] accumulator per
+head whose gradient is requested).
+
+How the gradient is formed (private, measured in ``benchmarks/fused.py``):
+
+* ``reduction="mean"`` / ``"sum"``: a ``jax.custom_vjp`` computes the value and
+  the gradients in the *same* pass over the chunks (each chunk's logits are
+  formed once; dx per chunk, dw accumulated in float32), and the backward pass
+  only scales them by the incoming cotangent. Inputs that are not differentiated
+  (e.g. a frozen teacher) cost no gradient work.
+* ``reduction="none"``: the per-position cotangent is known only in the backward
+  pass, so the forward pass keeps only the inputs and the backward pass
+  recomputes each chunk's logits.
+
+Positions are split into chunks *strided* across the flattened position axis
+(position i belongs to chunk i mod n_chunks), so each chunk holds a slice of
+every shard when positions are sharded over devices: the scan never runs over a
+sharded axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpenalties import _kernels
+from jaxpenalties import _utils as u
+from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
+
+_KINDS = ("forward", "reverse", "symmetric", "js")
+_METHODS = ("precompute", "recompute")
+
+
+# ----------------------------------------------------------------------------
+# Per-chunk math
+# ----------------------------------------------------------------------------
+
+
+def _dot(a, b, contract_a: int, contract_b: int, dtype):
+    """``a`` · ``b`` contracting one axis each, accumulated in ``dtype``."""
+    dims = (((contract_a,), (contract_b,)), ((), ()))
+    return lax.dot_general(a, b, dims, preferred_element_type=dtype)
+
+
+def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
+    """Per-position divergence [C] from the logits [C, V] of both heads."""
+    if has_t:
+        z = z / t
+        rz = rz / t
+    a = jax.nn.log_softmax(z, axis=-1)
+    b = jax.nn.log_softmax(rz, axis=-1)
+    if kind == "forward":
+        return _kernels.forward_kl(a, b)
+    if kind == "reverse":
+        return _kernels.forward_kl(b, a)
+    if kind == "symmetric":
+        return _kernels.symmetric_kl(a, b)
+    return _kernels.js(a, b, beta)
+
+
+def _chunk(a, k):
+    """Chunk ``k`` of an array laid out as [C, n_chunks, ...]."""
+    return lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
+
+
+def _value_scan(cfg, x, w, rx, rw, t, beta):
+    """Per-position values [n_chunks, C]; ``x`` is [C, n_chunks, H]."""
+    kind, has_t, _ = cfg
+    dtype = t.dtype
+
+    def step(carry, k):
+        z = _dot(_chunk(x, k), w, 1, 0, dtype)
+        rz = _dot(_chunk(rx, k), rw, 1, 0, dtype)
+        return carry, _values_from_logits(kind, has_t, z, rz, t, beta)
+
+    _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
+    return values
+
+
+def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
+    """One pass over the chunks: per-position values [n_chunks, C] and the
+    gradients of Σ weights · values (``weights`` laid out like ``x``, [C,
+    n_chunks]) w.r.t. the inputs flagged in ``need`` (x, w, ref_x, ref_w, t), in
+    the compute dtype (None where not needed)."""
+    kind, has_t, _ = cfg
+    need_x, need_w, need_rx, need_rw, need_t = need
+    dtype = t.dtype
+    n_chunks = x.shape[1]
+
+    def zeros_if(flag, shape):
+        return jnp.zeros(shape, dtype) if flag else None
+
+    acc0 = {
+        "x": zeros_if(need_x, x.shape),
+        "w": zeros_if(need_w, w.shape),
+        "rx": zeros_if(need_rx, rx.shape),
+        "rw": zeros_if(need_rw, rw.shape),
+        "t": zeros_if(need_t, ()),
+    }
+
+    def step(acc, k):
+        xc, rxc, gc = _chunk(x, k), _chunk(rx, k), _chunk(weights, k)
+        z = _dot(xc, w, 1, 0, dtype)
+        rz = _dot(rxc, rw, 1, 0, dtype)
+        values, vjp = jax.vjp(
+            lambda z, rz, t: _values_from_logits(kind, has_t, z, rz, t, beta),
+            z,
+            rz,
+            t,
+        )
+        dz, drz, dt = vjp(gc.astype(dtype))
+        acc = dict(acc)
+        if need_x:  # dx = dz · wᵀ, written into the chunk's rows
+            acc["x"] = lax.dynamic_update_index_in_dim(
+                acc["x"], _dot(dz, w, 1, 1, dtype), k, axis=1
+            )
+        if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
+            acc["w"] = acc["w"] + _dot(xc, dz, 0, 0, dtype)
+        if need_rx:
+            acc["rx"] = lax.dynamic_update_index_in_dim(
+                acc["rx"], _dot(drz, rw, 1, 1, dtype), k, axis=1
+            )
+        if need_rw:
+            acc["rw"] = acc["rw"] + _dot(rxc, drz, 0, 0, dtype)
+        if need_t:
+            acc["t"] = acc["t"] + dt
+        return acc, values
+
+    acc, values = lax.scan(step, acc0, jnp.arange(n_chunks))
+    return values, (acc["x"], acc["w"], acc["rx"], acc["rw"], acc["t"])
+
+
+def _cast_grads(cfg, grads, scale=None):
+    """Scales the float32 gradients and casts them to the primal dtypes."""
+    dtypes = cfg[2]
+    out = []
+    for d, dtype in zip(grads, dtypes, strict=True):
+        if d is None:
+            out.append(None)
+        else:
+            out.append((d if scale is None else scale * d).astype(dtype))
+    return tuple(out)
+
+
+def _masked_total(values, mask):
+    return jnp.sum(jnp.where(mask, values, jnp.zeros((), values.dtype)))
+
+
+def _is_zero(ct) -> bool:
+    return isinstance(ct, jax.custom_derivatives.SymbolicZero)
+
+
+# ----------------------------------------------------------------------------
+# Σ over unmasked positions: gradients formed in the forward pass
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_total(cfg, x, w, rx, rw, t, beta, mask):
+    """Σ of the per-position divergence over positions where ``mask`` holds."""
+    return _masked_total(_value_scan(cfg, x, w, rx, rw, t, beta).T, mask)
+
+
+def _fused_total_fwd(cfg, x, w, rx, rw, t, beta, mask):
+    need = tuple(a.perturbed for a in (x, w, rx, rw, t))
+    x, w, rx, rw, t, beta, mask = (
+        a.value for a in (x, w, rx, rw, t, beta, mask)
+    )
+    weights = mask.astype(t.dtype)
+    values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need)
+    return _masked_total(values.T, mask), grads
+
+
+def _fused_total_bwd(cfg, grads, g):
+    if _is_zero(g):
+        return (None,) * 7
+    return _cast_grads(cfg, grads, g) + (None, None)
+
+
+_fused_total.defvjp(_fused_total_fwd, _fused_total_bwd, symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------
+# Per-position values: the backward pass recomputes each chunk's logits
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_values(cfg, x, w, rx, rw, t, beta):
+    """Per-position divergence, [n_chunks, C]."""
+    return _value_scan(cfg, x, w, rx, rw, t, beta)
+
+
+def _fused_values_fwd(cfg, x, w, rx, rw, t, beta):
+    # Which inputs need a gradient is recorded in the residuals' structure
+    # (() for yes, None for no): a static fact, not an array.
+    need = tuple(() if a.perturbed else None for a in (x, w, rx, rw, t))
+    args = tuple(a.value for a in (x, w, rx, rw, t, beta))
+    return _value_scan(cfg, *args), (args, need)
+
+
+def _fused_values_bwd(cfg, res, g):
+    args, need = res
+    if _is_zero(g):
+        return (None,) * 6
+    need = tuple(flag is not None for flag in need)
+    _, grads = _grad_scan(cfg, *args, g.T, need)
+    return _cast_grads(cfg, grads) + (None,)
+
+
+_fused_values.defvjp(_fused_values_fwd, _fused_values_bwd, symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------
+# Shared driver: validation, chunk plan, reduction
+# ----------------------------------------------------------------------------
+
+
+def _plan(n: int, chunk_size: int) -> tuple[int, int]:
+    """(number of chunks, rows per chunk): rows ≤ chunk_size, padding < chunks."""
+    n_chunks = max(1, -(-n // chunk_size))
+    return n_chunks, max(1, -(-n // n_chunks))
+
+
+def _check_heads(x, w, ref_x, ref_w, chunk_size):
+    x = u.check_floating("x", x)
+    w = u.check_floating("w", w)
+    ref_x = u.check_floating("ref_x", ref_x)
+    ref_w = u.check_floating("ref_w", ref_w)
+    for name, kernel in (("w", w), ("ref_w", ref_w)):
+        if kernel.ndim != 2:
+            raise ValueError(
+                f"Expected `{name}` to be a 2-D [H, V] kernel, got shape "
+                f"{kernel.shape}."
+            )
+    for name, h, kname, kernel in (("x", x, "w", w), ("ref_x", ref_x, "ref_w", ref_w)):
+        if h.ndim == 0 or h.shape[-1] != kernel.shape[0]:
+            raise ValueError(
+                f"Expected the last axis of `{name}` to match the first axis of "
+                f"`{kname}` (the hidden size H), got shapes {h.shape} and "
+                f"{kernel.shape}."
+            )
+    if w.shape[1] != ref_w.shape[1]:
+        raise ValueError(
+            "Expected `w` and `ref_w` to have the same vocabulary size (last "
+            f"axis), got shapes {w.shape} and {ref_w.shape}."
+        )
+    if x.shape[:-1] != ref_x.shape[:-1]:
+        raise ValueError(
+            "Expected `x` and `ref_x` to have the same position shape (all axes "
+            f"but the last), got shapes {x.shape} and {ref_x.shape}."
+        )
+    u.check_int("chunk_size", chunk_size, minimum=1)
+    return x, w, ref_x, ref_w
+
+
+def _to_chunks(a, n: int, n_chunks: int, c: int):
+    """[n, ...] -> [C, n_chunks, ...] with zero padding: chunk k holds rows
+    k, k + n_chunks, ... (strided, so a sharded row axis stays sharded)."""
+    a = jnp.pad(a, [(0, n_chunks * c - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((c, n_chunks) + a.shape[1:])
+
+
+@functools.partial(
+    jax.jit, static_argnames=("kind", "reduction", "chunk_size", "method")
+)
+def _fused_impl(
+    x, w, ref_x, ref_w, temperature, beta, where, *, kind, reduction, chunk_size, method
+):
+    dtype = u.compute_dtype(x, w, ref_x, ref_w)
+    positions = x.shape[:-1]
+    n = math.prod(positions)
+    mask = u.broadcast_where(where, positions)
+    n_chunks, c = _plan(n, chunk_size)
+
+    flat_mask = None if mask is None else mask.reshape(n)
+    hidden = u.sanitize(x.reshape(n, x.shape[-1]), flat_mask)
+    ref_hidden = u.sanitize(ref_x.reshape(n, ref_x.shape[-1]), flat_mask)
+    xs = _to_chunks(hidden, n, n_chunks, c)
+    rxs = _to_chunks(ref_hidden, n, n_chunks, c)
+    valid = jnp.ones((n,), bool) if flat_mask is None else flat_mask
+    valid = _to_chunks(valid, n, n_chunks, c)
+
+    has_t = temperature is not None
+    t = jnp.asarray(temperature if has_t else 1.0, dtype)
+    beta = jnp.asarray(0.5 if beta is None else beta, dtype)
+    cfg = (kind, has_t, (x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype))
+
+    if method == "precompute" and reduction != "none":
+        total = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, valid)
+        if reduction == "sum":
+            return total
+        count = n if mask is None else jnp.sum(mask, dtype=dtype)
+        return total / jnp.maximum(jnp.asarray(count, dtype), 1)
+
+    values = _fused_values(cfg, xs, w, rxs, ref_w, t, beta)  # [n_chunks, C]
+    values = values.T.reshape(n_chunks * c)[:n].reshape(positions)
+    return u.reduce(values, reduction, mask)
+
+
+# ----------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------
+
+
+def fused_linear_kl_divergence(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    ref_x: jax.typing.ArrayLike,
+    ref_w: jax.typing.ArrayLike,
+    *,
+    direction: str = "forward",
+    symmetric: bool = False,
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+    chunk_size: int = 1024,
+) -> jax.Array:
+    r"""KL divergence between two linear heads, without materialising the logits.
+
+    .. math::
+
+        P = \mathrm{softmax}(x W / T), \quad Q = \mathrm{softmax}(x_{ref} W_{ref} / T),
+        \quad \mathrm{KL}(P \| Q) = \sum_v p_v (\log p_v - \log q_v)
+
+    Same value as ``kl_divergence(log_softmax(x @ w), log_softmax(ref_x @ ref_w),
+    ...)``, but positions are processed ``chunk_size`` rows at a time, forward
+    and backward, so the extra memory is O(chunk_size · V) instead of
+    O(positions · V). Matmuls accumulate in float32 (also for bfloat16 inputs);
+    gradients flow to ``x``, ``w``, ``ref_x`` and ``ref_w`` (wrap the reference
+    in ``jax.lax.stop_gradient`` to freeze it: its gradient work is then
+    skipped). First-order reverse-mode only (``jax.grad``, ``jax.vjp``).
+
+    Args:
+      x: hidden states [..., H] of the trained model (P).
+      w: its head kernel [H, V] (flax ``Dense`` layout; add a bias as an extra
+        hidden unit of 1s if the head has one).
+      ref_x: hidden states [..., H_ref] of the reference model (Q), same
+        position shape as ``x``.
+      ref_w: the reference head kernel [H_ref, V].
+      direction: ``"forward"`` (KL(P‖Q)) or ``"reverse"`` (KL(Q‖P)). Static.
+      symmetric: ½(KL(P‖Q) + KL(Q‖P)) in one pass. Static.
+      temperature: divides both heads' logits; no T² factor is applied.
+      reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to ``x.shape[:-1]``; masked
+        positions may hold garbage (NaN) and get zero gradient.
+      chunk_size: maximum number of positions whose logits exist at once; a
+        positive Python int. Static.
+
+    Returns:
+      A float32 scalar (float64 for float64 inputs), or the per-position values
+      of shape ``x.shape[:-1]`` for ``reduction="none"``.
+
+    Raises:
+      ValueError: for an unknown option, a non-positive ``chunk_size``, or
+        mismatched shapes (hidden size of ``x`` vs ``w``, vocabulary of ``w``
+        vs ``ref_w``, positions of ``x`` vs ``ref_x``).
+      TypeError: for a traced value given as a static option, or integer input.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxpenalties as jp
+      >>> kx, kw, krx, krw = jax.random.split(jax.random.key(0), 4)
+      >>> x, w = jax.random.normal(kx, (8, 4)), jax.random.normal(kw, (4, 32))
+      >>> rx, rw = jax.random.normal(krx, (8, 6)), jax.random.normal(krw, (6, 32))
+      >>> fused = jp.fused_linear_kl_divergence(x, w, rx, rw, chunk_size=3)
+      >>> plain = jp.kl_divergence(jax.nn.log_softmax(x @ w),
+      ...                          jax.nn.log_softmax(rx @ rw))
+      >>> bool(jnp.allclose(fused, plain, rtol=1e-5))
+      True
+
+    References:
+      Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM Training, 2024
+      (fused linear cross-entropy / JSD). Hinton et al., Distilling the
+      Knowledge in a Neural Network, 2015.
+    """
+    u.check_option("direction", direction, DIRECTIONS)
+    u.check_bool("symmetric", symmetric)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
+    temperature = _check_temperature(temperature)
+    return _fused_impl(
+        x,
+        w,
+        ref_x,
+        ref_w,
+        temperature,
+        None,
+        where,
+        kind="symmetric" if symmetric else direction,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        method="precompute",
+    )
+
+
+def fused_linear_js_divergence(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    ref_x: jax.typing.ArrayLike,
+    ref_w: jax.typing.ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+    chunk_size: int = 1024,
+) -> jax.Array:
+    r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
+
+    .. math::
+
+        M = \beta P + (1 - \beta) Q, \qquad
+        \mathrm{JS}_\beta(P \| Q) = \beta\,\mathrm{KL}(P \| M)
+            + (1 - \beta)\,\mathrm{KL}(Q \| M)
+
+    with P = softmax(x @ w / T), Q = softmax(ref_x @ ref_w / T). Same value as
+    ``js_divergence`` on the materialised log-softmax logits, with O(chunk_size ·
+    V) extra memory forward and backward (see
+    :func:`fused_linear_kl_divergence`).
+
+    Args:
+      x: hidden states [..., H] of the trained model (P, e.g. the student).
+      w: its head kernel [H, V].
+      ref_x: reference hidden states [..., H_ref] (Q, e.g. the teacher).
+      ref_w: the reference head kernel [H_ref, V].
+      beta: mixture weight in the open interval (0, 1); changing it does not
+        recompile.
+      temperature: divides both heads' logits; no T² factor.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to ``x.shape[:-1]``.
+      chunk_size: maximum number of positions whose logits exist at once.
+        Static.
+
+    Returns:
+      A scalar, or per-position values of shape ``x.shape[:-1]``.
+
+    Raises:
+      ValueError: β outside (0, 1), unknown option, mismatched shapes.
+      TypeError: traced static option, integer input.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> x, rx = jnp.ones((2, 1)), jnp.ones((2, 1))
+      >>> w = jnp.array([[50.0, -50.0]])  # P ≈ one-hot on token 0
+      >>> rw = jnp.array([[-50.0, 50.0]])  # Q ≈ one-hot on token 1
+      >>> print(f"{jp.fused_linear_js_divergence(x, w, rx, rw):.6f}")  # log 2
+      0.693147
+
+    References:
+      Agarwal et al., On-Policy Distillation of Language Models: Learning from
+      Self-Generated Mistakes (GKD), 2024. Hsu et al., Liger Kernel: Efficient
+      Triton Kernels for LLM Training, 2024.
+    """
+    beta = _check_beta(beta)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
+    temperature = _check_temperature(temperature)
+    return _fused_impl(
+        x,
+        w,
+        ref_x,
+        ref_w,
+        temperature,
+        beta,
+        where,
+        kind="js",
+        reduction=reduction,
+        chunk_size=chunk_size,
+        method="precompute",
+    )

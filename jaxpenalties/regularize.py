@@ -1,0 +1,487 @@
+"""Composing penalties into a training loss.
+
+:class:`Penalty` is a frozen, validated description of one regularisation term
+(which function, on which inputs, with which weight). :func:`regularize` turns a
+task loss and a list of penalties into one pure function
+``f(params, batch, *args, step=0, weights=None) -> (total, aux)`` that goes
+straight into ``jax.value_and_grad(f, has_aux=True)`` and a jitted train step.
+
+Everything happens in-graph: weights (constants, schedules on ``step`` and
+per-call overrides) enter as traced arrays, so changing them never recompiles;
+metrics stay arrays; nothing is sent to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpenalties import _utils as u
+
+_RESERVED_METRICS = ("value", "weight", "contribution", "grad_norm")
+
+
+def _callable_name(fn: Callable) -> str:
+    """``fn.__name__``, looking through ``functools.partial`` wrappers."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _check_weight(weight: Any, what: str) -> Any:
+    """Validates a weight: a number >= 0, a concrete scalar array, or a schedule.
+
+    Returns a Python float for numbers (and concrete arrays), the schedule
+    itself for callables.
+    """
+    if callable(weight):
+        return weight
+    if isinstance(weight, jax.core.Tracer):
+        raise TypeError(
+            f"Expected {what} to be a Python number or a schedule, got a traced "
+            "value. To change a weight inside a jitted step, pass "
+            "`weights={name: value}` or `step=` when calling the regularised "
+            "function; that never recompiles."
+        )
+    if isinstance(weight, bool) or not isinstance(
+        weight, (numbers.Real, np.ndarray, np.generic, jax.Array)
+    ):
+        raise TypeError(
+            f"Expected {what} to be a number >= 0 or a schedule (a callable "
+            f"step -> weight), got {weight!r}."
+        )
+    if not isinstance(weight, numbers.Real):
+        if np.ndim(weight) != 0 or not np.issubdtype(
+            np.asarray(weight).dtype, np.number
+        ):
+            raise TypeError(
+                f"Expected {what} to be a scalar number, got an array of shape "
+                f"{np.shape(weight)}."
+            )
+        weight = float(np.asarray(weight))
+    weight = float(weight)
+    if not (math.isfinite(weight) and weight >= 0.0):
+        raise ValueError(f"Expected {what} to be a finite number >= 0, got {weight}.")
+    return weight
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Penalty:
+    r"""One regularisation term of a training loss: ``weight · fn(*inputs)``.
+
+    A frozen spec, validated when it is built. :func:`regularize` resolves its
+    inputs at call time and adds ``weight · value`` to the loss.
+
+    Args:
+      fn: the penalty, called as ``fn(*inputs, **kwargs)`` (plus ``where=`` when
+        ``where`` is given). It returns a scalar, or ``(scalar, metrics)`` where
+        ``metrics`` is a dict of arrays reported in ``aux``.
+      inputs: a tuple; each entry is a **name** or a **callable**. A name is
+        looked up in the loss function's ``outputs``, then in ``batch`` (a
+        dict); ``"params"`` names the params pytree. A callable
+        ``f(params, batch, outputs) -> array`` computes the input on demand
+        (e.g. a frozen reference model's log-probabilities).
+      weight: a number >= 0, or a schedule (a callable ``step -> weight``, e.g.
+        any optax schedule). 0 switches the term off.
+      name: unique name of the term in ``aux`` and in ``weights=`` overrides.
+        Defaults to ``fn.__name__`` (of the wrapped function for a
+        ``functools.partial``).
+      kwargs: keyword arguments passed to ``fn`` (e.g. ``{"reduction": "sum"}``).
+      where: a name or callable resolved like ``inputs`` and passed to ``fn``
+        as ``where=``.
+
+    Raises:
+      TypeError: ``fn`` not callable, ``inputs`` not a tuple of names and
+        callables, ``weight`` neither a number nor a callable, bad ``name``,
+        ``kwargs`` or ``where`` types.
+      ValueError: empty ``inputs``, negative or non-finite ``weight``, ``where``
+        given both as field and in ``kwargs``.
+
+    Example:
+      >>> import functools, jaxpenalties as jp
+      >>> kl = jp.Penalty(
+      ...     functools.partial(jp.kl_divergence, direction="reverse"),
+      ...     inputs=("logprobs", "ref_logprobs"),
+      ...     weight=0.1,
+      ... )
+      >>> kl.name
+      'kl_divergence'
+    """
+
+    fn: Callable[..., Any]
+    _: dataclasses.KW_ONLY
+    inputs: tuple[str | Callable[..., Any], ...]
+    weight: float | Callable[[Any], Any] = 1.0
+    name: str | None = None
+    kwargs: Mapping[str, Any] | None = None
+    where: str | Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"Expected `fn` to be callable, got {self.fn!r}.")
+        inputs = self.inputs
+        if isinstance(inputs, str):
+            raise TypeError(
+                f"Expected `inputs` to be a tuple of names (str) or callables, got "
+                f"the string {inputs!r}; write `inputs=({inputs!r},)`."
+            )
+        if not isinstance(inputs, (tuple, list)):
+            raise TypeError(
+                "Expected `inputs` to be a tuple of names (str) or callables, got "
+                f"{type(inputs).__name__}."
+            )
+        for i, entry in enumerate(inputs):
+            if not (isinstance(entry, str) or callable(entry)):
+                raise TypeError(
+                    f"Expected every entry of `inputs` to be a name (str) or a "
+                    f"callable f(params, batch, outputs), got {entry!r} at "
+                    f"position {i}."
+                )
+        if not inputs:
+            raise ValueError("Expected `inputs` to name at least one input, got ().")
+        object.__setattr__(self, "inputs", tuple(inputs))
+
+        object.__setattr__(self, "weight", _check_weight(self.weight, "`weight`"))
+
+        name = self.name if self.name is not None else _callable_name(self.fn)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Expected `name` to be a non-empty str, got {name!r}.")
+        object.__setattr__(self, "name", name)
+
+        kwargs = {} if self.kwargs is None else self.kwargs
+        if not isinstance(kwargs, Mapping) or not all(
+            isinstance(k, str) for k in kwargs
+        ):
+            raise TypeError(
+                f"Expected `kwargs` to be a dict with str keys, got {kwargs!r}."
+            )
+        if "where" in kwargs and self.where is not None:
+            raise ValueError(
+                "Got `where` both as a field and in `kwargs`; give it once."
+            )
+        object.__setattr__(self, "kwargs", types.MappingProxyType(dict(kwargs)))
+
+        if not (
+            self.where is None or isinstance(self.where, str) or callable(self.where)
+        ):
+            raise TypeError(
+                "Expected `where` to be None, a name (str) or a callable "
+                f"f(params, batch, outputs), got {self.where!r}."
+            )
+
+
+# ----------------------------------------------------------------------------
+# Call-time helpers (run while tracing; everything they produce is an array).
+# ----------------------------------------------------------------------------
+
+
+class _MissingInputError(KeyError):
+    """A penalty input name found nowhere; str() is the plain message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _resolve(entry, params, batch, outputs, penalty: str, role: str):
+    if callable(entry):
+        return entry(params, batch, outputs)
+    if entry in outputs:
+        return outputs[entry]
+    if isinstance(batch, Mapping) and entry in batch:
+        return batch[entry]
+    if entry == "params":
+        return params
+    batch_keys = (
+        f"batch keys {sorted(map(str, batch))}"
+        if isinstance(batch, Mapping)
+        else f"no batch keys (batch is a {type(batch).__name__}, not a dict)"
+    )
+    raise _MissingInputError(
+        f"Penalty {penalty!r}: {role} {entry!r} not found. Available: outputs keys "
+        f"{sorted(map(str, outputs))}, {batch_keys}, and 'params'."
+    )
+
+
+def _gate(tree, off):
+    """Identity in value; drops the cotangent (NaN included) when ``off``.
+
+    ``where(off, stop_gradient(x), x)``: the gradient of a switched-off term is
+    exactly 0 even where the term's own gradient is inf or NaN.
+    """
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.where(off, jax.lax.stop_gradient(x), x)
+        return x
+
+    return jax.tree.map(leaf, tree)
+
+
+def _split_loss(out):
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise TypeError(
+                "Expected `loss_fn` to return `loss` or `(loss, outputs)`, got a "
+                f"tuple of length {len(out)}."
+            )
+        loss, outputs = out
+        outputs = {} if outputs is None else outputs
+        if not isinstance(outputs, Mapping):
+            raise TypeError(
+                "Expected the `outputs` returned by `loss_fn` to be a dict of "
+                f"named arrays, got {type(outputs).__name__}."
+            )
+    else:
+        loss, outputs = out, {}
+    loss = jnp.asarray(loss)
+    if loss.ndim != 0:
+        raise ValueError(
+            f"Expected `loss_fn` to return a scalar loss, got shape {loss.shape}."
+        )
+    return loss, outputs
+
+
+def _split_result(result, penalty: str):
+    if isinstance(result, tuple):
+        if len(result) != 2 or not isinstance(result[1], Mapping):
+            raise TypeError(
+                f"Penalty {penalty!r}: expected `fn` to return a scalar or "
+                "`(scalar, metrics_dict)`, got a tuple that is not of that form."
+            )
+        value, metrics = result
+    else:
+        value, metrics = result, {}
+    value = jnp.asarray(value)
+    if value.ndim != 0:
+        raise ValueError(
+            f"Penalty {penalty!r}: expected `fn` to return a scalar, got shape "
+            f"{value.shape}. Reduce it (e.g. kwargs={{'reduction': 'mean'}})."
+        )
+    checked = {}
+    for key, metric in metrics.items():
+        if key in _RESERVED_METRICS:
+            raise ValueError(
+                f"Penalty {penalty!r}: metric name {key!r} is reserved; "
+                f"{_RESERVED_METRICS} are filled in by `regularize`."
+            )
+        try:
+            checked[key] = jnp.asarray(metric)
+        except TypeError as err:
+            raise TypeError(
+                f"Penalty {penalty!r}: metric {key!r} must be an array or number "
+                f"(metrics stay in-graph), got {metric!r}."
+            ) from err
+    return value, checked
+
+
+def _global_norm(tree, dtype) -> jax.Array:
+    leaves = [
+        x
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    total = jnp.zeros((), dtype)
+    for x in leaves:
+        total = total + jnp.sum(jnp.square(jnp.asarray(x).astype(dtype)))
+    return jnp.sqrt(total)
+
+
+def regularize(
+    loss_fn: Callable[..., Any],
+    penalties: Sequence[Penalty],
+    *,
+    track_grad_norms: bool = False,
+) -> Callable[..., tuple[jax.Array, dict[str, Any]]]:
+    r"""Adds weighted penalties to a loss: ``total = loss + Σₖ wₖ · valueₖ``.
+
+    ``loss_fn(params, batch, *args)`` returns ``loss`` or ``(loss, outputs)``
+    with ``outputs`` a dict of named arrays (logits, log-probs, activations).
+    Each :class:`Penalty` takes its inputs from ``outputs``, ``batch``,
+    ``"params"`` or a callable ``f(params, batch, outputs)``, so a KL reference
+    can be an array in the batch, a named output, or computed on demand by a
+    frozen base model; the whole batch is used.
+
+    The returned ``f(params, batch, *args, step=0, weights=None)`` gives
+    ``(total, aux)`` and works in ``jax.value_and_grad(f, has_aux=True)`` and
+    under ``jax.jit``:
+
+    - ``wₖ`` is the penalty's number, or its schedule evaluated at ``step``,
+      or ``weights[name]`` when given. They enter the graph as arrays, so
+      changing ``step`` or the values in ``weights`` never recompiles (keep the
+      same keys in ``weights`` from call to call).
+    - A weight of 0 switches a term off: its contribution and its gradient are
+      exactly 0, even where its value is inf or NaN. Its value is still
+      computed and reported (monitoring during a warm-up at weight 0).
+    - ``aux = {"loss", "outputs", "penalties": {name: {"value", "weight",
+      "contribution", **metrics}}}``, all arrays. With
+      ``track_grad_norms=True`` each entry also has ``"grad_norm"``,
+      ‖∇_params (wₖ · valueₖ)‖₂ over all leaves, computed with one backward
+      pass per penalty from a shared forward pass, outside the gradient of
+      ``total`` (which stays exact).
+
+    Args:
+      loss_fn: the task loss, ``loss_fn(params, batch, *args)``.
+      penalties: a sequence of :class:`Penalty` with unique names.
+      track_grad_norms: also report each term's gradient norm (costs one extra
+        backward pass per penalty).
+
+    Returns:
+      ``f(params, batch, *args, step=0, weights=None) -> (total, aux)``. The
+      total is float32 (float64 for float64 losses).
+
+    Raises:
+      TypeError / ValueError: at construction, for a non-callable ``loss_fn``,
+        entries that are not :class:`Penalty`, or duplicate names. When called,
+        a missing input names itself and lists the available outputs keys,
+        batch keys and ``"params"``; an unknown name in ``weights`` raises
+        ``KeyError``; a non-scalar loss or penalty value raises ``ValueError``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxpenalties as jp
+      >>> def loss_fn(params, batch):
+      ...     logprobs = jax.nn.log_softmax(batch["x"] @ params["w"])
+      ...     nll = -jnp.mean(logprobs[:, 0])
+      ...     return nll, {"logprobs": logprobs}
+      >>> ent = jp.Penalty(jp.entropy, inputs=("logprobs",), weight=0.5,
+      ...                  kwargs={"mode": "penalty"})
+      >>> f = jax.jit(jp.regularize(loss_fn, [ent]))
+      >>> params, batch = {"w": jnp.zeros((3, 2))}, {"x": jnp.ones((4, 3))}
+      >>> total, aux = f(params, batch)  # log 2 + 0.5 · log 2
+      >>> print(f"{total:.4f} {aux['penalties']['entropy']['value']:.4f}")
+      1.0397 0.6931
+      >>> total, _ = f(params, batch, weights={"entropy": 0.0})  # off
+      >>> print(f"{total:.4f}")
+      0.6931
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"Expected `loss_fn` to be callable, got {loss_fn!r}.")
+    if isinstance(penalties, Penalty):
+        raise TypeError(
+            "Expected `penalties` to be a sequence of Penalty, got a single "
+            "Penalty; write `[penalty]`."
+        )
+    if not isinstance(penalties, Sequence):
+        raise TypeError(
+            "Expected `penalties` to be a sequence (list or tuple) of Penalty, got "
+            f"{type(penalties).__name__}."
+        )
+    specs = tuple(penalties)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Penalty):
+            raise TypeError(
+                f"Expected every entry of `penalties` to be a jp.Penalty, got "
+                f"{spec!r} at position {i}."
+            )
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Expected unique penalty names, got duplicates {duplicates}; give "
+            "each Penalty its own `name=`."
+        )
+    u.check_bool("track_grad_norms", track_grad_norms)
+
+    def weights_at(step, overrides):
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, Mapping):
+            raise TypeError(
+                "Expected `weights` to be a dict name -> weight, got "
+                f"{type(overrides).__name__}."
+            )
+        unknown = sorted(set(overrides) - set(names), key=str)
+        if unknown:
+            raise KeyError(
+                f"Unknown penalty names in `weights`: {unknown}; known names are "
+                f"{names}."
+            )
+        ws = []
+        for spec in specs:
+            if spec.name in overrides:
+                w = overrides[spec.name]
+                if isinstance(w, numbers.Real) and not w >= 0:
+                    raise ValueError(
+                        f"Expected `weights[{spec.name!r}]` to be >= 0, got {w!r}."
+                    )
+            elif callable(spec.weight):
+                w = spec.weight(jnp.asarray(step))
+            else:
+                w = spec.weight
+            w = jnp.asarray(w)
+            if w.ndim != 0:
+                raise ValueError(
+                    f"Expected the weight of penalty {spec.name!r} to be a scalar, "
+                    f"got shape {w.shape}."
+                )
+            ws.append(w)
+        return ws
+
+    def evaluate(params, batch, args, ws):
+        loss, outputs = _split_loss(loss_fn(params, batch, *args))
+        values, metrics = [], []
+        for spec, w in zip(specs, ws, strict=True):
+            off = w == 0
+            inputs = [
+                _gate(_resolve(e, params, batch, outputs, spec.name, "input"), off)
+                for e in spec.inputs
+            ]
+            kwargs = dict(spec.kwargs)
+            if spec.where is not None:
+                kwargs["where"] = _resolve(
+                    spec.where, params, batch, outputs, spec.name, "where"
+                )
+            value, m = _split_result(spec.fn(*inputs, **kwargs), spec.name)
+            values.append(value)
+            metrics.append(m)
+        return loss, outputs, values, metrics
+
+    def regularized(params, batch, *args, step=0, weights=None):
+        ws = weights_at(step, weights)
+        if track_grad_norms and specs:
+
+            def values_of(p):
+                loss, outputs, values, metrics = evaluate(p, batch, args, ws)
+                return tuple(values), (loss, outputs, metrics)
+
+            values, vjp_fn, (loss, outputs, metrics) = jax.vjp(
+                values_of, params, has_aux=True
+            )
+            values = list(values)
+        else:
+            loss, outputs, values, metrics = evaluate(params, batch, args, ws)
+
+        dtype = u.compute_dtype(loss, *values)
+        total = loss.astype(dtype)
+        report = {}
+        for k, (spec, w, value, m) in enumerate(
+            zip(specs, ws, values, metrics, strict=True)
+        ):
+            w = w.astype(dtype)
+            off = w == 0
+            zero = jnp.zeros((), dtype)
+            contribution = jnp.where(off, zero, w * value.astype(dtype))
+            total = total + contribution
+            entry = {"value": value, "weight": w, "contribution": contribution, **m}
+            if track_grad_norms:
+                cotangent = tuple(
+                    (w if i == k else jnp.zeros((), dtype)).astype(v.dtype)
+                    for i, v in enumerate(values)
+                )
+                (grads,) = vjp_fn(cotangent)
+                grads = jax.lax.stop_gradient(grads)  # a metric, not a loss term
+                entry["grad_norm"] = jnp.where(off, zero, _global_norm(grads, dtype))
+            report[spec.name] = entry
+        aux = {"loss": loss, "outputs": outputs, "penalties": report}
+        return total, aux
+
+    return regularized

@@ -1,0 +1,228 @@
+"""optax gradient transformations that add the gradient of a penalty of the params.
+
+Decoupled regularisation (AdamW-style): instead of adding ``w · penalty(params)``
+to the loss, add ``w · ∇penalty(params)`` to the updates at a chosen place of an
+``optax.chain``. What optax already has (L2 decay ``add_decayed_weights``,
+clipping, AGC, noise, centralisation) is not repeated here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxpenalties import _utils as u
+from jaxpenalties.penalties import elastic_net, l1
+
+
+class PenaltyGradientState(NamedTuple):
+    """State of :func:`add_penalty_gradient`: the number of updates so far.
+
+    ``count`` feeds a weight schedule. It is kept for constant weights too, so
+    the state has the same structure whichever kind of weight is used.
+    """
+
+    count: jax.Array
+
+
+def _check_weight(weight: Any) -> Any:
+    if callable(weight):
+        return weight  # a schedule: count -> weight
+    return u.check_scalar("weight", weight, low=0.0)
+
+
+def _leaf_mask(mask: Any, params: Any) -> list[bool]:
+    """One Python bool per leaf of ``params`` (``mask`` may be a prefix tree)."""
+    mask_tree = mask(params) if callable(mask) else mask
+    try:
+        full = jax.tree.map(
+            lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            "Expected `mask` to be a pytree of bools with the structure of the "
+            "params (or a prefix of it), or a callable params -> such a pytree, "
+            f"as in optax.masked. {err}"
+        ) from err
+    return jax.tree.leaves(full)
+
+
+def add_penalty_gradient(
+    penalty_fn: Callable[[Any], jax.Array],
+    weight: float | jax.typing.ArrayLike | optax.Schedule = 1.0,
+    *,
+    mask: Any = None,
+) -> optax.GradientTransformation:
+    r"""Adds ``weight · ∇penalty_fn(params)`` to the updates.
+
+    .. math::
+
+        u \leftarrow u + w_t \, \nabla_{\theta} R(\theta)
+
+    Placed after the optimiser's scaling (e.g. ``optax.chain(optax.scale_by_adam(),
+    jp.add_penalty_gradient(R, w), optax.scale_by_learning_rate(lr))``) this is
+    decoupled regularisation as in AdamW, for any penalty of the params:
+    ``jp.l1``, ``functools.partial(jp.l2, center=pretrained)`` (L2-SP),
+    orthogonality of the weight matrices, ...
+
+    Args:
+      penalty_fn: ``params -> scalar``, differentiable in the params.
+      weight: a number >= 0, a scalar array, or an optax schedule evaluated on
+        the number of updates so far (kept in the state as ``count``).
+      mask: as in ``optax.masked``: a pytree of bools with the structure of the
+        params (or a prefix of it), or a callable ``params -> such a pytree``.
+        Leaves where it is False pass through unchanged. ``penalty_fn`` is
+        evaluated on the full params (so a reference pytree such as L2-SP's
+        ``center`` keeps matching) and differentiated only with respect to the
+        masked leaves; for a penalty that is a sum over leaves (``l1``,
+        ``l2``, ``elastic_net``) this equals
+        ``optax.masked(add_penalty_gradient(penalty_fn, weight), mask)``.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is
+      :class:`PenaltyGradientState`.
+
+    Raises:
+      TypeError: ``penalty_fn`` not callable.
+      ValueError: a negative weight; ``update`` called without ``params``.
+
+    With ``optax.inject_hyperparams`` the weight becomes an injectable
+    hyperparameter; declare the callables static, as ``inject_hyperparams``
+    otherwise takes every callable argument for a schedule:
+    ``optax.inject_hyperparams(jp.add_penalty_gradient,
+    static_args=("penalty_fn", "mask"))(penalty_fn=jp.l1, weight=1e-4)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> tx = jp.add_penalty_gradient(lambda p: jnp.sum(p**2), weight=0.1)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, _ = tx.update(jnp.zeros(2), tx.init(params), params)
+      >>> print(updates)  # 0.1 · 2p
+      [ 0.2 -0.4]
+
+    References:
+      Loshchilov and Hutter, Decoupled Weight Decay Regularization, 2019.
+      Li et al., Explicit Inductive Bias for Transfer Learning with
+      Convolutional Networks (L2-SP), 2018.
+    """
+    if not callable(penalty_fn):
+        raise TypeError(
+            f"Expected `penalty_fn` to be callable, got {type(penalty_fn).__name__}. "
+            "Under optax.inject_hyperparams pass static_args=('penalty_fn',): "
+            "inject_hyperparams takes every callable argument for a schedule."
+        )
+    weight = _check_weight(weight)
+
+    def init_fn(params):
+        del params
+        return PenaltyGradientState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "add_penalty_gradient needs the params: call "
+                "`update(updates, state, params)`."
+            )
+        w = weight(state.count) if callable(weight) else weight
+        leaves, treedef = jax.tree.flatten(params)
+        selected = [True] * len(leaves) if mask is None else _leaf_mask(mask, params)
+
+        def penalty_of_selected(chosen):
+            it = iter(chosen)
+            full = [next(it) if s else x for x, s in zip(leaves, selected, strict=True)]
+            return penalty_fn(jax.tree.unflatten(treedef, full))
+
+        chosen = [x for x, s in zip(leaves, selected, strict=True) if s]
+        grads = iter(jax.grad(penalty_of_selected)(chosen))
+        flat_updates, updates_def = jax.tree.flatten(updates)
+        if updates_def != treedef:
+            raise ValueError(
+                "Expected `updates` and `params` to have the same structure, got "
+                f"{updates_def} and {treedef}."
+            )
+        new = [
+            (g + w * next(grads)).astype(jnp.result_type(g)) if s else g
+            for g, s in zip(flat_updates, selected, strict=True)
+        ]
+        count = optax.safe_increment(state.count)
+        return jax.tree.unflatten(treedef, new), PenaltyGradientState(count=count)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def add_l1_decay(
+    weight: float | jax.typing.ArrayLike | optax.Schedule,
+    *,
+    mask: Any = None,
+) -> optax.GradientTransformation:
+    r"""Adds ``weight · sign(params)``: the gradient of ``weight · jp.l1``.
+
+    ``add_penalty_gradient(jp.l1, weight, mask=mask)``; sign(0) = 0, so a
+    weight at exactly 0 stays there.
+
+    Args:
+      weight: a number >= 0, a scalar array, or an optax schedule on the count.
+      mask: as in :func:`add_penalty_gradient` (``optax.masked`` semantics).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> tx = jp.add_l1_decay(0.01)
+      >>> params = jnp.array([3.0, 0.0, -0.5])
+      >>> updates, _ = tx.update(jnp.zeros(3), tx.init(params), params)
+      >>> print(updates)
+      [ 0.01  0.   -0.01]
+
+    References:
+      Tibshirani, Regression Shrinkage and Selection via the Lasso, 1996.
+    """
+    return add_penalty_gradient(l1, weight, mask=mask)
+
+
+def add_elastic_net_decay(
+    weight: float | jax.typing.ArrayLike | optax.Schedule,
+    l1_ratio: float | jax.typing.ArrayLike = 0.5,
+    *,
+    mask: Any = None,
+) -> optax.GradientTransformation:
+    r"""Adds ``weight · (r · sign(p) + 2 (1 − r) · p)``: the elastic-net gradient.
+
+    ``add_penalty_gradient(functools.partial(jp.elastic_net, l1_ratio=r),
+    weight, mask=mask)``. Note the 2: it is the gradient of
+    r‖p‖₁ + (1 − r)‖p‖²₂; optax's ``add_decayed_weights(w)`` adds w·p, the
+    gradient of ½‖p‖²₂.
+
+    Args:
+      weight: a number >= 0, a scalar array, or an optax schedule on the count.
+      l1_ratio: r in [0, 1]; a number or a scalar array (injectable with
+        ``optax.inject_hyperparams``).
+      mask: as in :func:`add_penalty_gradient` (``optax.masked`` semantics).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: ``l1_ratio`` outside [0, 1] or a negative weight.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> tx = jp.add_elastic_net_decay(0.1, l1_ratio=0.5)
+      >>> params = jnp.array([2.0, -1.0])
+      >>> updates, _ = tx.update(jnp.zeros(2), tx.init(params), params)
+      >>> print(updates)  # 0.1 · (0.5 · sign(p) + p)
+      [ 0.25 -0.15]
+
+    References:
+      Zou and Hastie, Regularization and Variable Selection via the Elastic
+      Net, 2005.
+    """
+    l1_ratio = u.check_scalar("l1_ratio", l1_ratio, low=0.0, high=1.0)
+    penalty_fn = functools.partial(elastic_net, l1_ratio=l1_ratio)
+    return add_penalty_gradient(penalty_fn, weight, mask=mask)
