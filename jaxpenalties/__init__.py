@@ -9,6 +9,12 @@ from jaxpenalties.divergences import entropy as entropy
 from jaxpenalties.divergences import js_divergence as js_divergence
 from jaxpenalties.divergences import kl_divergence as kl_divergence
 from jaxpenalties.estimators import kl_estimate as kl_estimate
+from jaxpenalties.fused import (
+    fused_linear_js_divergence as fused_linear_js_divergence,
+)
+from jaxpenalties.fused import (
+    fused_linear_kl_divergence as fused_linear_kl_divergence,
+)
 from jaxpenalties.gradient_penalties import gradient_penalty as gradient_penalty
 from jaxpenalties.gradient_penalties import (
     interpolated_gradient_penalty as interpolated_gradient_penalty,
@@ -37,6 +43,8 @@ __all__ = [
     "consistency",
     "elastic_net",
     "entropy",
+    "fused_linear_js_divergence",
+    "fused_linear_kl_divergence",
     "gradient_penalty",
     "interpolated_gradient_penalty",
     "js_divergence",

@@ -185,22 +185,33 @@ def check_scalar(
     """Validates a numeric, weight-like argument that is *not* static.
 
     A Python number is range-checked eagerly and returned as a ``float``; an
-    array (concrete or traced) must be a scalar and is returned as is (its
-    range cannot be checked at trace time). Either way the value reaches the
-    jitted core as a dynamic argument, so changing it never recompiles.
+    array must be a scalar: a NumPy one is range-checked too, a JAX array or
+    tracer is returned as is (no device sync; its range is not checked).
+    Either way the value reaches the jitted core as a dynamic argument, so
+    changing it never recompiles.
     """
     if isinstance(value, bool) or not (
         isinstance(value, numbers.Real) or _is_array_like_value(value)
     ):
         raise ValueError(f"Expected `{name}` to be a number, got {value!r}.")
     if _is_array_like_value(value):
-        value = jnp.asarray(value)
-        if value.ndim != 0:
+        if np.ndim(value) != 0:
             raise ValueError(
                 f"Expected `{name}` to be a scalar, got an array of shape "
-                f"{value.shape}."
+                f"{np.shape(value)}."
             )
-        return value
+        if not isinstance(value, (np.ndarray, np.generic)):
+            return jnp.asarray(value)  # a device array or tracer: kept dynamic
+        # A host (NumPy) scalar is concrete: range-check it without a sync.
+        check_scalar(
+            name,
+            float(value),
+            low=low,
+            high=high,
+            open_low=open_low,
+            open_high=open_high,
+        )
+        return jnp.asarray(value)
     value = float(value)
     below = low is not None and (value <= low if open_low else value < low)
     above = high is not None and (value >= high if open_high else value > high)

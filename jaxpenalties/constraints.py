@@ -9,7 +9,6 @@ Xᵀ X (they share their nonzero eigenvalues and their Frobenius norm).
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

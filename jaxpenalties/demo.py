@@ -249,6 +249,7 @@ def run(
     eval_every: int = 10,
     seed: int = 0,
     settings: dict[str, dict[str, Any]] | None = None,
+    base_params: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pre-trains on digits 0-4, then fine-tunes on 5-9 under each setting.
@@ -261,13 +262,16 @@ def run(
       eval_every: record held-out metrics every this many fine-tuning steps.
       seed: seeds the split, the initialisation and the batches.
       settings: ``{label: {"kl_to_base": w, "l2_sp": w}}``; default ``SETTINGS``.
+      base_params: pre-trained parameters (e.g. a previous outcome's
+        ``"base_params"``) to fine-tune from; pre-training is then skipped.
       progress: show a tqdm progress bar.
 
     Returns:
       ``{"base": metrics of the pre-trained model, "results": {label: {"weights",
       "old_acc", "new_acc", "kl_to_base", "penalties": last step's per-penalty
       values, "history": {"step", "old_acc", "new_acc", "kl_to_base"}}},
-      "seconds": wall time}``. All numbers are Python floats.
+      "seconds": wall time, "base_params": the pre-trained parameters}``. All
+      numbers are Python floats.
     """
     _, _, tqdm, _ = _demo_imports()
     settings = SETTINGS if settings is None else settings
@@ -276,21 +280,22 @@ def run(
     model = make_model()
     loss_fn = make_loss_fn(model)
     optimizer = optax.adam(learning_rate)
-    init_key = jax.random.key(seed)
-    params = model.init(init_key, jnp.zeros((1, data["old_train"][0].shape[1])))
-
+    if base_params is not None:
+        pretrain_steps = 0
     total_steps = pretrain_steps + steps * len(settings)
     bar = tqdm.tqdm(total=total_steps, disable=not progress, desc="pre-train")
 
     # Phase 1: pre-train on the old task (no penalties).
-    x_old, y_old = data["old_train"]
-    pretrain_step = make_train_step(loss_fn_with_aux(loss_fn), optimizer)
-    opt_state = optimizer.init(params)
-    for idx in _batches(len(y_old), batch_size, pretrain_steps, seed):
-        batch = {"x": x_old[idx], "y": y_old[idx]}
-        params, opt_state, _ = pretrain_step(params, opt_state, batch, {})
-        bar.update()
-    base_params = params
+    if base_params is None:
+        x_old, y_old = data["old_train"]
+        params = model.init(jax.random.key(seed), x_old[:1])
+        pretrain_step = make_train_step(loss_fn_with_aux(loss_fn), optimizer)
+        opt_state = optimizer.init(params)
+        for idx in _batches(len(y_old), batch_size, pretrain_steps, seed):
+            batch = {"x": x_old[idx], "y": y_old[idx]}
+            params, opt_state, _ = pretrain_step(params, opt_state, batch, {})
+            bar.update()
+        base_params = params
     evaluate = make_evaluate(model, base_params, data)
     base = _to_floats(evaluate(base_params))
 
@@ -329,7 +334,12 @@ def run(
             "history": history,
         }
     bar.close()
-    return {"base": base, "results": results, "seconds": time.perf_counter() - start}
+    return {
+        "base": base,
+        "results": results,
+        "seconds": time.perf_counter() - start,
+        "base_params": base_params,
+    }
 
 
 def _to_floats(tree) -> dict[str, float]:

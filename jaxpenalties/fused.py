@@ -48,10 +48,17 @@ _METHODS = ("precompute", "recompute")
 # ----------------------------------------------------------------------------
 
 
-def _dot(a, b, contract_a: int, contract_b: int, dtype):
-    """``a`` · ``b`` contracting one axis each, accumulated in ``dtype``."""
+def _dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
+    """``a`` · ``b`` contracting one axis each, accumulated in ``dtype``.
+
+    ``like``: an array whose sharding the result takes (needed under explicit
+    sharding when the contracted axis is sharded on both sides).
+    """
     dims = (((contract_a,), (contract_b,)), ((), ()))
-    return lax.dot_general(a, b, dims, preferred_element_type=dtype)
+    out_sharding = None if like is None else jax.typeof(like).sharding
+    return lax.dot_general(
+        a, b, dims, preferred_element_type=dtype, out_sharding=out_sharding
+    )
 
 
 def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
@@ -99,15 +106,15 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
     dtype = t.dtype
     n_chunks = x.shape[1]
 
-    def zeros_if(flag, shape):
-        return jnp.zeros(shape, dtype) if flag else None
+    def zeros_if(flag, like):  # zeros_like keeps the sharding of ``like``
+        return jnp.zeros_like(like, dtype=dtype) if flag else None
 
     acc0 = {
-        "x": zeros_if(need_x, x.shape),
-        "w": zeros_if(need_w, w.shape),
-        "rx": zeros_if(need_rx, rx.shape),
-        "rw": zeros_if(need_rw, rw.shape),
-        "t": zeros_if(need_t, ()),
+        "x": zeros_if(need_x, x),
+        "w": zeros_if(need_w, w),
+        "rx": zeros_if(need_rx, rx),
+        "rw": zeros_if(need_rw, rw),
+        "t": zeros_if(need_t, t),
     }
 
     def step(acc, k):
@@ -124,16 +131,16 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
         acc = dict(acc)
         if need_x:  # dx = dz · wᵀ, written into the chunk's rows
             acc["x"] = lax.dynamic_update_index_in_dim(
-                acc["x"], _dot(dz, w, 1, 1, dtype), k, axis=1
+                acc["x"], _dot(dz, w, 1, 1, dtype, like=xc), k, axis=1
             )
         if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
-            acc["w"] = acc["w"] + _dot(xc, dz, 0, 0, dtype)
+            acc["w"] = acc["w"] + _dot(xc, dz, 0, 0, dtype, like=w)
         if need_rx:
             acc["rx"] = lax.dynamic_update_index_in_dim(
-                acc["rx"], _dot(drz, rw, 1, 1, dtype), k, axis=1
+                acc["rx"], _dot(drz, rw, 1, 1, dtype, like=rxc), k, axis=1
             )
         if need_rw:
-            acc["rw"] = acc["rw"] + _dot(rxc, drz, 0, 0, dtype)
+            acc["rw"] = acc["rw"] + _dot(rxc, drz, 0, 0, dtype, like=rw)
         if need_t:
             acc["t"] = acc["t"] + dt
         return acc, values
@@ -228,10 +235,35 @@ _fused_values.defvjp(_fused_values_fwd, _fused_values_bwd, symbolic_zeros=True)
 # ----------------------------------------------------------------------------
 
 
-def _plan(n: int, chunk_size: int) -> tuple[int, int]:
-    """(number of chunks, rows per chunk): rows ≤ chunk_size, padding < chunks."""
-    n_chunks = max(1, -(-n // chunk_size))
-    return n_chunks, max(1, -(-n // n_chunks))
+def _position_shards(x) -> int:
+    """How many ways the position axes of ``x`` are explicitly sharded (1 when
+    unsharded or under automatic sharding, where XLA places the data)."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is None:
+        return 1
+    sizes = dict(getattr(sharding.mesh, "shape", {}))
+    shards = 1
+    for entry in tuple(spec)[: x.ndim - 1]:
+        for name in entry if isinstance(entry, tuple) else (entry,):
+            shards *= sizes.get(name, 1) if name is not None else 1
+    return shards
+
+
+def _plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
+    """(number of chunks, rows per chunk), rows ≤ ``chunk_size``.
+
+    Prefers a number of chunks that divides the rows of each shard (no padding,
+    and every chunk splits evenly over the shards) as long as chunks stay at
+    least half of ``chunk_size``; otherwise pads fewer than n_chunks rows.
+    """
+    fewest = max(1, -(-n // chunk_size))
+    if n % shards == 0:
+        per_shard = n // shards
+        for n_chunks in range(fewest, 2 * fewest + 1):
+            if per_shard % n_chunks == 0:
+                return n_chunks, n // n_chunks
+    return fewest, max(1, -(-n // fewest))
 
 
 def _check_heads(x, w, ref_x, ref_w, chunk_size):
@@ -283,7 +315,7 @@ def _fused_impl(
     positions = x.shape[:-1]
     n = math.prod(positions)
     mask = u.broadcast_where(where, positions)
-    n_chunks, c = _plan(n, chunk_size)
+    n_chunks, c = _plan(n, chunk_size, _position_shards(x))
 
     flat_mask = None if mask is None else mask.reshape(n)
     hidden = u.sanitize(x.reshape(n, x.shape[-1]), flat_mask)

@@ -70,7 +70,7 @@ def _check_center(center: Any, leaves: list[jax.Array], x: Any):
             "for `x`."
         )
     refs = _leaves(center, "center")
-    for (path, leaf), ref in zip(u.named_leaves(x, "x"), refs):
+    for (path, leaf), ref in zip(u.named_leaves(x, "x"), refs, strict=True):
         if jnp.shape(leaf) != ref.shape:
             raise ValueError(
                 f"Expected `center` to match the shapes of `x`: `{path}` has shape "

@@ -20,7 +20,8 @@ def check_finite(tree: Any, name: str = "value") -> Any:
 
     The report names ``name``, the leaf's path inside ``tree`` (e.g.
     ``params['w']``), whether it was NaN or Inf, and how many elements.
-    Integer and boolean leaves cannot be NaN or Inf and are skipped.
+    Integer, boolean and non-numeric leaves cannot be NaN or Inf and are
+    skipped.
 
     * **Eagerly** (concrete values, also inside eager ``jax.grad`` /
       ``jax.vmap``) it raises ``checkify.JaxRuntimeError`` (a ``ValueError``)
@@ -64,6 +65,8 @@ def check_finite(tree: Any, name: str = "value") -> Any:
     if not isinstance(name, str):
         raise TypeError(f"Expected `name` to be a str, got {name!r}.")
     for path, leaf in u.named_leaves(tree, name):
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, (int, float, complex)):
+            continue  # not numeric (e.g. a string leaf): cannot be NaN or Inf
         leaf = jnp.asarray(leaf)
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             continue
