@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config["steps"] = args.steps
     outcome = run(**config, seed=args.seed, progress=not args.no_progress)
     print(format_table(outcome))
-    path = plot(outcome, os.path.join(args.out, "forgetting.png"))
+    path = plot(outcome, os.path.abspath(os.path.join(args.out, "forgetting.png")))
     outcome["plot"] = path
     print(f"plot saved to {path}")
     print(f"total time {outcome['seconds']:.1f} s (without the plot)")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -182,9 +181,7 @@ def _fused_total(cfg, x, w, rx, rw, t, beta, mask):
 
 def _fused_total_fwd(cfg, x, w, rx, rw, t, beta, mask):
     need = tuple(a.perturbed for a in (x, w, rx, rw, t))
-    x, w, rx, rw, t, beta, mask = (
-        a.value for a in (x, w, rx, rw, t, beta, mask)
-    )
+    x, w, rx, rw, t, beta, mask = (a.value for a in (x, w, rx, rw, t, beta, mask))
     weights = mask.astype(t.dtype)
     values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need)
     return _masked_total(values.T, mask), grads

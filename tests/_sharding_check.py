@@ -1,0 +1,182 @@
+"""Sharded runs of every divergence against single-device runs, on 8 CPU devices.
+
+Run by ``tests/test_sharding.py`` in a subprocess, because the device count must
+be fixed before JAX is imported::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/_sharding_check.py
+
+Prints one JSON object per line: ``{"case", "error", "all_gathers",
+"grad_specs", "input_specs"}`` where ``error`` is the largest deviation of the
+sharded value and gradients from the single-device ones (relative to each
+array's largest magnitude), ``all_gathers`` counts all-gather ops in the compiled
+sharded program, and the specs say whether each gradient kept its input's
+sharding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+FLAG = "--xla_force_host_platform_device_count=8"
+if "jax" in sys.modules:
+    raise RuntimeError("import this script before JAX: it sets the device count")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAG).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jaxpenalties as jp  # noqa: E402
+
+B, T, H, HR, V = 8, 4, 16, 12, 64
+
+
+def relative_error(got, want) -> float:
+    errors = []
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
+        scale = max(1.0, float(np.max(np.abs(e), initial=0.0)))
+        errors.append(float(np.max(np.abs(g - e), initial=0.0)) / scale)
+    return max(errors)
+
+
+def run_case(name, f, args, specs, mesh, argnums):
+    """Value and gradients of ``f`` with ``args`` sharded by ``specs`` on
+    ``mesh``, compared with the same jitted function on one device."""
+    fn = jax.jit(jax.value_and_grad(f, argnums=argnums))
+    want = fn(*args)
+    sharded = [
+        jax.device_put(a, NamedSharding(mesh, spec))
+        for a, spec in zip(args, specs, strict=True)
+    ]
+    got = fn(*sharded)
+    hlo = fn.lower(*sharded).compile().as_text()
+    grads = got[1]
+    grad_specs = [str(g.sharding.spec) for g in grads]
+    input_specs = [str(sharded[i].sharding.spec) for i in argnums]
+    return {
+        "case": name,
+        "error": relative_error(got, want),
+        "all_gathers": hlo.count("all-gather-start") + hlo.count(" all-gather("),
+        "grad_specs": grad_specs,
+        "input_specs": input_specs,
+    }
+
+
+def random_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    p = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(B, T, V)) * 2, jnp.float32))
+    q = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(B, T, V)) * 2, jnp.float32))
+    where = jnp.asarray(rng.random((B, T)) < 0.7)
+    x = jnp.asarray(rng.normal(size=(B, T, H)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(H, V)) / 2, jnp.float32)
+    rx = jnp.asarray(rng.normal(size=(B, T, HR)), jnp.float32)
+    rw = jnp.asarray(rng.normal(size=(HR, V)) / 2, jnp.float32)
+    return p, q, where, x, w, rx, rw
+
+
+def divergence_cases(mesh, tag):
+    """The log-prob divergences: positions over "data", vocabulary over "model"."""
+    p, q, where, *_ = random_inputs()
+    lp = P("data", None, "model")
+    cases = {
+        "kl_forward_temperature": lambda p, q, m: jp.kl_divergence(
+            p, q, temperature=2.0, where=m
+        ),
+        "kl_symmetric_sum": lambda p, q, m: jp.kl_divergence(
+            p, q, symmetric=True, reduction="sum", where=m
+        ),
+        "js_beta": lambda p, q, m: jp.js_divergence(p, q, beta=0.3, where=m),
+        "entropy_normalized": lambda p, q, m: jp.entropy(
+            p, mode="penalty", normalize=True, where=m
+        ),
+    }
+    for name, f in cases.items():
+        yield run_case(
+            f"{tag}/{name}", f, (p, q, where), (lp, lp, P("data")), mesh, (0, 1)
+        )
+    # Sampled-token estimator: [B, T] log-probs, no vocabulary axis.
+    yield run_case(
+        f"{tag}/kl_estimate_k3",
+        lambda a, b, m: jp.kl_estimate(a, b, where=m),
+        (p[..., 0], q[..., 0], where),
+        (P("data", "model"), P("data", "model"), P("data", "model")),
+        mesh,
+        (0, 1),
+    )
+
+
+def fused_cases(mesh, tag, x_spec, w_spec, names=None):
+    """The fused divergences with hidden states and head kernels sharded."""
+    _, _, where, x, w, rx, rw = random_inputs(1)
+    cases = {
+        "fused_kl_mean": lambda x, w, rx, rw, m: jp.fused_linear_kl_divergence(
+            x, w, rx, rw, chunk_size=8
+        ),
+        "fused_kl_none_where": lambda x, w, rx, rw, m: jnp.sum(
+            jp.fused_linear_kl_divergence(
+                x, w, rx, rw, reduction="none", where=m, symmetric=True, chunk_size=8
+            )
+        ),
+        "fused_js_sum_temperature": lambda x, w, rx, rw, m: (
+            jp.fused_linear_js_divergence(
+                x, w, rx, rw, beta=0.3, temperature=2.0, reduction="sum", where=m
+            )
+        ),
+    }
+    m_spec = P(*x_spec[:2])
+    for name, f in cases.items():
+        if names is None or name in names:
+            yield run_case(
+                f"{tag}/{name}",
+                f,
+                (x, w, rx, rw, where),
+                (x_spec, w_spec, x_spec, w_spec, m_spec),
+                mesh,
+                (0, 1, 2, 3),
+            )
+
+
+def ragged_case(mesh, tag):
+    """24 positions in chunks of at most 7: 4 chunks of 6 rows, which do not
+    split evenly over the 4 position shards (XLA reshards; still exact)."""
+    _, _, _, x, w, rx, rw = random_inputs(2)
+    x, rx = x[:, :3], rx[:, :3]
+    yield run_case(
+        f"{tag}/fused_kl_ragged_chunks",
+        lambda x, w, rx, rw: jp.fused_linear_kl_divergence(x, w, rx, rw, chunk_size=7),
+        (x, w, rx, rw),
+        (P("data"), P(None, "model"), P("data"), P(None, "model")),
+        mesh,
+        (0, 1, 2, 3),
+    )
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    for kind in ("Auto", "Explicit"):
+        axis_type = getattr(AxisType, kind)
+        mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+        tag = f"{kind}/data4xmodel2"
+        results = list(divergence_cases(mesh, tag))
+        results += fused_cases(mesh, tag, P("data"), P(None, "model"))
+        if kind == "Auto":
+            results += ragged_case(mesh, tag)
+            data8 = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+            results += fused_cases(
+                data8, f"{kind}/data8", P("data"), P(), names=("fused_kl_mean",)
+            )
+            model8 = jax.make_mesh((8,), ("model",), axis_types=(axis_type,))
+            results += fused_cases(
+                model8, f"{kind}/model8", P(), P(None, "model"), names=("fused_kl_mean",)
+            )
+        for result in results:
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""One sweep over every public array function (STYLE.md's registry battery).
+
+Each entry builds its inputs for a dtype and returns a scalar; adding a function
+to REGISTRY gives it every check below: value under jit equals eager, finite
+gradients w.r.t. every floating input, scalar float32 output for float32 /
+bfloat16 / float16 inputs (float64 under x64), gradients in the input dtype, and
+no recompilation on a second call with new values.
+"""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxpenalties as jp
+from tests.compile_counter import count_compiles
+
+
+def _logprobs(key, shape, dtype):
+    return jax.nn.log_softmax(jax.random.normal(key, shape)).astype(dtype)
+
+
+def _divergence_inputs(key, dtype):
+    k1, k2 = jax.random.split(key)
+    return _logprobs(k1, (3, 4, 7), dtype), _logprobs(k2, (3, 4, 7), dtype)
+
+
+def _sampled_inputs(key, dtype):
+    k1, k2 = jax.random.split(key)
+    lp = -jax.random.uniform(k1, (3, 5), minval=0.1, maxval=3.0)
+    ref = -jax.random.uniform(k2, (3, 5), minval=0.1, maxval=3.0)
+    return lp.astype(dtype), ref.astype(dtype)
+
+
+def _matrix(key, dtype, shape=(6, 4)):
+    return jax.random.normal(key, shape).astype(dtype)
+
+
+def _pair(key, dtype, shape=(5, 6)):
+    k1, k2 = jax.random.split(key)
+    return _matrix(k1, dtype, shape), _matrix(k2, dtype, shape)
+
+
+def _fused_inputs(key, dtype):
+    kx, kw, krx, krw = jax.random.split(key, 4)
+    return (
+        _matrix(kx, dtype, (2, 5, 8)),
+        (0.3 * _matrix(kw, dtype, (8, 16))).astype(dtype),
+        _matrix(krx, dtype, (2, 5, 6)),
+        (0.3 * _matrix(krw, dtype, (6, 16))).astype(dtype),
+    )
+
+
+def _critic(x):
+    return jnp.sum(jnp.tanh(x) ** 2, axis=-1)
+
+
+# name -> (function of the arrays returning a scalar, inputs(key, dtype))
+REGISTRY = {
+    "kl_divergence": (jp.kl_divergence, _divergence_inputs),
+    "kl_divergence_reverse": (
+        functools.partial(jp.kl_divergence, direction="reverse"),
+        _divergence_inputs,
+    ),
+    "kl_divergence_symmetric_T2": (
+        functools.partial(jp.kl_divergence, symmetric=True, temperature=2.0),
+        _divergence_inputs,
+    ),
+    "js_divergence": (
+        functools.partial(jp.js_divergence, beta=0.3),
+        _divergence_inputs,
+    ),
+    "entropy": (
+        lambda p: jp.entropy(p, normalize=True),
+        lambda k, d: _divergence_inputs(k, d)[:1],
+    ),
+    "kl_estimate_k3": (jp.kl_estimate, _sampled_inputs),
+    "kl_estimate_k1_sum": (
+        functools.partial(jp.kl_estimate, estimator="k1", reduction="sum"),
+        _sampled_inputs,
+    ),
+    "l1": (jp.l1, lambda k, d: (_matrix(k, d),)),
+    "l2": (jp.l2, lambda k, d: (_matrix(k, d),)),
+    "l2_center_mean_clip": (
+        functools.partial(jp.l2, center="mean", clip=1.0, reduction="mean"),
+        lambda k, d: (_matrix(k, d),),
+    ),
+    "l2_sp": (lambda x, c: jp.l2(x, center=c), _pair),
+    "elastic_net": (jp.elastic_net, lambda k, d: (_matrix(k, d),)),
+    "orthogonality_soft": (jp.orthogonality, lambda k, d: (_matrix(k, d),)),
+    "orthogonality_hard": (
+        functools.partial(jp.orthogonality, mode="hard"),
+        lambda k, d: (_matrix(k, d, (9, 4)),),
+    ),
+    "orthogonality_spectral": (
+        functools.partial(jp.orthogonality, mode="spectral"),
+        lambda k, d: (_matrix(k, d, (3, 5)),),
+    ),
+    "orthogonality_3d_sequence": (
+        functools.partial(jp.orthogonality, axis="sequence"),
+        lambda k, d: (_matrix(k, d, (2, 3, 4)),),
+    ),
+    "consistency_mse": (jp.consistency, _pair),
+    "consistency_l1": (functools.partial(jp.consistency, metric="l1"), _pair),
+    "consistency_cosine": (
+        functools.partial(jp.consistency, metric="cosine"),
+        _pair,
+    ),
+    "consistency_kl": (
+        functools.partial(jp.consistency, metric="kl"),
+        _divergence_inputs,
+    ),
+    "gradient_penalty": (
+        lambda x: jp.gradient_penalty(_critic, x),
+        lambda k, d: (_matrix(k, d),),
+    ),
+    "interpolated_gradient_penalty": (
+        lambda real, fake: jp.interpolated_gradient_penalty(
+            _critic, real, fake, key=jax.random.key(0)
+        ),
+        _pair,
+    ),
+    "output_magnitude_penalty": (
+        jp.output_magnitude_penalty,
+        lambda k, d: (_matrix(k, d),),
+    ),
+    "fused_linear_kl_divergence": (
+        functools.partial(jp.fused_linear_kl_divergence, chunk_size=4),
+        _fused_inputs,
+    ),
+    "fused_linear_kl_divergence_symmetric": (
+        functools.partial(jp.fused_linear_kl_divergence, symmetric=True, chunk_size=4),
+        _fused_inputs,
+    ),
+    "fused_linear_js_divergence": (
+        functools.partial(jp.fused_linear_js_divergence, chunk_size=4),
+        _fused_inputs,
+    ),
+}
+
+NAMES = sorted(REGISTRY)
+
+
+def _inputs(name, dtype, seed=0):
+    return REGISTRY[name][1](jax.random.key(seed), dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_value_and_finite_gradients(name):
+    fn, _ = REGISTRY[name]
+    args = _inputs(name, jnp.float32)
+    value = fn(*args)
+    assert value.shape == () and value.dtype == jnp.float32
+    assert np.isfinite(value)
+    np.testing.assert_allclose(jax.jit(fn)(*args), value, rtol=1e-5, atol=1e-6)
+    grads = jax.grad(fn, argnums=tuple(range(len(args))))(*args)
+    for g, x in zip(grads, args, strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype
+        assert np.isfinite(g).all(), name
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", NAMES)
+def test_low_precision_inputs_give_float32(name, dtype):
+    fn, _ = REGISTRY[name]
+    args = _inputs(name, dtype)
+    value = fn(*args)
+    assert value.dtype == jnp.float32, name
+    # Computed in float32 from the rounded inputs.
+    ref = fn(*(x.astype(jnp.float32) for x in args))
+    np.testing.assert_allclose(value, ref, rtol=2e-3, atol=2e-3)
+    grads = jax.grad(fn, argnums=tuple(range(len(args))))(*args)
+    for g, x in zip(grads, args, strict=True):
+        assert g.dtype == x.dtype
+        assert np.isfinite(np.asarray(g, np.float32)).all(), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_under_x64(name):
+    fn, _ = REGISTRY[name]
+    with jax.enable_x64(True):
+        args = _inputs(name, jnp.float64)
+        value = fn(*args)
+        assert value.dtype == jnp.float64, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_second_call_does_not_recompile(name):
+    fn, _ = REGISTRY[name]
+    jitted = jax.jit(fn)
+    jax.block_until_ready(
+        (fn(*_inputs(name, jnp.float32)), jitted(*_inputs(name, jnp.float32)))
+    )
+    with count_compiles() as compiles:
+        jax.block_until_ready(fn(*_inputs(name, jnp.float32, seed=1)))
+        jax.block_until_ready(jitted(*_inputs(name, jnp.float32, seed=2)))
+        assert compiles() == 0, name
+
+
+def test_every_public_name_is_documented_with_an_example():
+    public = {
+        n
+        for n in dir(jp)
+        if not n.startswith("_") and not inspect.ismodule(getattr(jp, n))
+    }
+    assert sorted(jp.__all__) == sorted(public)
+    for name in jp.__all__:
+        doc = inspect.getdoc(getattr(jp, name)) or ""
+        assert len(doc.splitlines()) > 3, name
+        assert ">>>" in doc, f"{name} has no runnable example"
+
+
+def test_version_is_defined_once():
+    assert isinstance(jp.__version__, str) and jp.__version__
