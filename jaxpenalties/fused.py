@@ -247,19 +247,30 @@ def _position_shards(x) -> int:
     return shards
 
 
+def _twos(k: int) -> int:
+    """The exponent of 2 in ``k`` (how many times it halves evenly)."""
+    return (k & -k).bit_length() - 1 if k else 0
+
+
 def _plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
     """(number of chunks, rows per chunk), rows ≤ ``chunk_size``.
 
     Prefers a number of chunks that divides the rows of each shard (no padding,
-    and every chunk splits evenly over the shards) as long as chunks stay at
-    least half of ``chunk_size``; otherwise pads fewer than n_chunks rows.
+    and every chunk splits evenly over the shards) as long as chunks keep at
+    least half of ``chunk_size`` rows. When the sharding is not known at trace
+    time (``shards == 1``: unsharded or automatic sharding), chunks whose row
+    count has the most factors of 2 are preferred, so that they split evenly
+    over power-of-two device counts. Otherwise pads fewer than n_chunks rows.
     """
     fewest = max(1, -(-n // chunk_size))
     if n % shards == 0:
         per_shard = n // shards
-        for n_chunks in range(fewest, 2 * fewest + 1):
-            if per_shard % n_chunks == 0:
-                return n_chunks, n // n_chunks
+        candidates = [k for k in range(fewest, 2 * fewest + 1) if per_shard % k == 0]
+        if candidates:
+            if shards == 1:
+                best = max(_twos(n // k) for k in candidates)
+                candidates = [k for k in candidates if _twos(n // k) == best]
+            return candidates[0], n // candidates[0]
     return fewest, max(1, -(-n // fewest))
 
 

@@ -142,13 +142,13 @@ def fused_cases(mesh, tag, x_spec, w_spec, names=None):
 
 
 def ragged_case(mesh, tag):
-    """24 positions in chunks of at most 7: 4 chunks of 6 rows, which do not
-    split evenly over the 4 position shards (XLA reshards; still exact)."""
+    """24 positions in chunks of at most 3 rows: 12 chunks of 2 rows, which do
+    not split over the 4 position shards (XLA reshards; still exact)."""
     _, _, _, x, w, rx, rw = random_inputs(2)
     x, rx = x[:, :3], rx[:, :3]
     yield run_case(
         f"{tag}/fused_kl_ragged_chunks",
-        lambda x, w, rx, rw: jp.fused_linear_kl_divergence(x, w, rx, rw, chunk_size=7),
+        lambda x, w, rx, rw: jp.fused_linear_kl_divergence(x, w, rx, rw, chunk_size=3),
         (x, w, rx, rw),
         (P("data"), P(None, "model"), P("data"), P(None, "model")),
         mesh,
@@ -172,7 +172,11 @@ def main():
             )
             model8 = jax.make_mesh((8,), ("model",), axis_types=(axis_type,))
             results += fused_cases(
-                model8, f"{kind}/model8", P(), P(None, "model"), names=("fused_kl_mean",)
+                model8,
+                f"{kind}/model8",
+                P(),
+                P(None, "model"),
+                names=("fused_kl_mean",),
             )
         for result in results:
             print(json.dumps(result), flush=True)
