@@ -60,13 +60,17 @@ def _dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
     )
 
 
-def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
-    """Per-position divergence [C] from the logits [C, V] of both heads."""
+def _log_probs(has_t: bool, z, rz, t):
+    """log_softmax of both heads' (tempered) logits [C, V]; also the tempered
+    logits themselves."""
     if has_t:
         z = z / t
         rz = rz / t
-    a = jax.nn.log_softmax(z, axis=-1)
-    b = jax.nn.log_softmax(rz, axis=-1)
+    return jax.nn.log_softmax(z, axis=-1), jax.nn.log_softmax(rz, axis=-1), z, rz
+
+
+def _divergence(kind: str, a, b, beta):
+    """Per-position divergence [C] from log-probabilities [C, V]."""
     if kind == "forward":
         return _kernels.forward_kl(a, b)
     if kind == "reverse":
@@ -74,6 +78,30 @@ def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
     if kind == "symmetric":
         return _kernels.symmetric_kl(a, b)
     return _kernels.js(a, b, beta)
+
+
+def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
+    """Per-position divergence [C] from the logits [C, V] of both heads."""
+    a, b, _, _ = _log_probs(has_t, z, rz, t)
+    return _divergence(kind, a, b, beta)
+
+
+def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
+    """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
+    [C, V] (and t). The kernel's own VJP gives ∂/∂a, ∂/∂b; the log-softmax and
+    temperature steps are transposed by hand (fewer [C, V] buffers than
+    autodiff through ``jax.nn.log_softmax``):
+    ∂/∂s = ∂/∂a − softmax(s) Σ ∂/∂a for a = log_softmax(s), s = z / T."""
+    a, b, zs, rzs = _log_probs(has_t, z, rz, t)
+    values, kernel_vjp = jax.vjp(lambda a, b: _divergence(kind, a, b, beta), a, b)
+    ga, gb = kernel_vjp(g)
+    dzs = ga - jnp.exp(a) * jnp.sum(ga, axis=-1, keepdims=True)
+    drzs = gb - jnp.exp(b) * jnp.sum(gb, axis=-1, keepdims=True)
+    if not has_t:
+        return values, dzs, drzs, None
+    # s = z / T: ∂/∂z = ∂/∂s / T and ∂/∂T = −Σ ∂/∂s · s / T.
+    dt = -(jnp.sum(dzs * zs) + jnp.sum(drzs * rzs)) / t if need_t else None
+    return values, dzs / t, drzs / t, dt
 
 
 def _chunk(a, k):
@@ -120,13 +148,9 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
         xc, rxc, gc = _chunk(x, k), _chunk(rx, k), _chunk(weights, k)
         z = _dot(xc, w, 1, 0, dtype)
         rz = _dot(rxc, rw, 1, 0, dtype)
-        values, vjp = jax.vjp(
-            lambda z, rz, t: _values_from_logits(kind, has_t, z, rz, t, beta),
-            z,
-            rz,
-            t,
+        values, dz, drz, dt = _chunk_grads(
+            kind, has_t, need_t, z, rz, t, beta, gc.astype(dtype)
         )
-        dz, drz, dt = vjp(gc.astype(dtype))
         acc = dict(acc)
         if need_x:  # dx = dz · wᵀ, written into the chunk's rows
             acc["x"] = lax.dynamic_update_index_in_dim(
