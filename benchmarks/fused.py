@@ -7,12 +7,20 @@ Reproduce (from the repository root, CPU; about 4 minutes on 2 shared cores):
 
 "Materialised" is ``jp.kl_divergence(log_softmax(x @ w), log_softmax(rx @ rw))``;
 "fused" is ``jp.fused_linear_kl_divergence(x, w, rx, rw)`` with the default
-``chunk_size=1024``. Memory is XLA's compiled temporary-buffer size of
-``jax.jit(jax.grad(f))`` (forward + backward; ``memory_analysis()``, compile
-only: nothing that large is run). The student (x, w) is differentiated and the
-teacher (rx, rw) is frozen, as in distillation; the "all four" rows
-differentiate the teacher too. Timings are value-and-gradient medians of
-interleaved rounds in one process.
+``chunk_size=1024``. Memory is XLA's compiled temporary-buffer size
+(``memory_analysis().temp_size_in_bytes``, compile only: nothing that large is
+run) of ``jax.jit(jax.grad(f))`` or ``jax.jit(jax.value_and_grad(f))``. The
+student (x, w) is differentiated and the teacher (rx, rw) is frozen, as in
+distillation, unless the row says "all four". Timings are value-and-gradient
+medians of interleaved rounds in one process.
+
+Note on XLA:CPU: for ``jax.grad`` alone (loss value discarded) and 4,096 or
+more positions, XLA:CPU compiles the *materialised* student gradient into one
+YNNPACK fusion that streams over rows and keeps a single [positions, V] buffer
+(checked against the process's peak RSS). Asking for the value too
+(``value_and_grad``, what a training step logs) or for the teacher's gradient
+brings back the usual 4-5 [positions, V] buffers. GPU and TPU backends have no
+such fusion.
 
 Targets (issue 5): at 16,384 positions, H = 256, V = 65,536 the fused temp memory
 is ≤ 0.15 of the materialised one; fused memory grows < 10% from 8k to 64k
@@ -73,23 +81,31 @@ def structs(n, v, h=H, shardings=(None,) * 4):
     ]
 
 
-def temp_mib(f, n, v, argnums=(0, 1), shardings=(None,) * 4):
+def temp_mib(f, n, v, argnums=(0, 1), shardings=(None,) * 4, value=False):
+    transform = jax.value_and_grad if value else jax.grad
     compiled = (
-        jax.jit(jax.grad(f, argnums=argnums))
+        jax.jit(transform(f, argnums=argnums))
         .lower(*structs(n, v, shardings=shardings))
         .compile()
     )
     return compiled.memory_analysis().temp_size_in_bytes / MIB
 
 
+VARIANTS = (
+    ("jax.grad, w.r.t. x, w", (0, 1), False),
+    ("jax.value_and_grad, w.r.t. x, w", (0, 1), True),
+    ("jax.grad, w.r.t. all four", (0, 1, 2, 3), False),
+)
+
+
 def headline():
     n, v = 16_384, 65_536
     print(f"## Temp memory, fwd+bwd, {n} positions, H={H}, V={v} (compile only)\n")
-    print("| gradient w.r.t. | materialised MiB | fused MiB | fused / materialised |")
+    print("| transform | materialised MiB | fused MiB | fused / materialised |")
     print("|---|---:|---:|---:|")
-    for label, argnums in (("student (x, w)", (0, 1)), ("all four", (0, 1, 2, 3))):
-        m = temp_mib(materialised, n, v, argnums)
-        f = temp_mib(fused, n, v, argnums)
+    for label, argnums, value in VARIANTS:
+        m = temp_mib(materialised, n, v, argnums, value=value)
+        f = temp_mib(fused, n, v, argnums, value=value)
         print(f"| {label} | {m:,.0f} | {f:,.0f} | {f / m:.3f} |")
     print(f"\n(one float32 [{n}, {v}] logits array is {n * v * 4 / MIB:,.0f} MiB)\n")
 
@@ -97,24 +113,28 @@ def headline():
 def flatness():
     v = 65_536
     print(f"## Fused temp memory vs positions (H={H}, V={v}, chunk 1024)\n")
-    print("| positions | fused MiB | growth vs 8k |")
-    print("|---:|---:|---:|")
+    print("| positions | grad MiB | growth vs 8k | value_and_grad MiB | growth vs 8k |")
+    print("|---:|---:|---:|---:|---:|")
     base = None
     for n in (8_192, 16_384, 32_768, 65_536):
-        f = temp_mib(fused, n, v)
-        base = base or f
-        print(f"| {n:,} | {f:,.1f} | {100 * (f / base - 1):+.1f}% |")
+        row = [temp_mib(fused, n, v), temp_mib(fused, n, v, value=True)]
+        base = base or row
+        cells = " | ".join(
+            f"{r:,.1f} | {100 * (r / b - 1):+.1f}%"
+            for r, b in zip(row, base, strict=True)
+        )
+        print(f"| {n:,} | {cells} |")
     print()
 
 
 def table():
-    print(f"## Temp memory table, fwd+bwd, H={H} (compile only)\n")
+    print(f"## Temp memory, value_and_grad w.r.t. x, w, H={H} (compile only)\n")
     print("| V | positions | materialised MiB | fused MiB | ratio |")
     print("|---:|---:|---:|---:|---:|")
     for v in (32_768, 65_536, 131_072, 262_144):
         for n in (4_096, 16_384, 65_536):
-            m = temp_mib(materialised, n, v)
-            f = temp_mib(fused, n, v)
+            m = temp_mib(materialised, n, v, value=True)
+            f = temp_mib(fused, n, v, value=True)
             print(f"| {v:,} | {n:,} | {m:,.0f} | {f:,.0f} | {f / m:.3f} |")
     print()
 
@@ -166,13 +186,17 @@ def per_device():
     rows = NamedSharding(mesh, P("data"))
     cols = NamedSharding(mesh, P(None, "model"))
     shardings = (rows, cols, rows, cols)
-    print(f"## Per-device temp memory on a 4 (data) × 2 (model) mesh, {n} × {v}\n")
+    print(f"## Per-device temp memory, value_and_grad, {n} × {v}, H={H}\n")
     print("| | materialised MiB | fused MiB |")
     print("|---|---:|---:|")
-    one = [temp_mib(f, n, v) for f in (materialised, fused)]
-    mesh_mib = [temp_mib(f, n, v, shardings=shardings) for f in (materialised, fused)]
+    one = [temp_mib(f, n, v, value=True) for f in (materialised, fused)]
+    sharded = [
+        temp_mib(f, n, v, shardings=shardings, value=True)
+        for f in (materialised, fused)
+    ]
     print(f"| 1 device | {one[0]:,.0f} | {one[1]:,.0f} |")
-    print(f"| per device, 8 devices | {mesh_mib[0]:,.0f} | {mesh_mib[1]:,.0f} |\n")
+    label = "4 (data) × 2 (model) mesh, per device"
+    print(f"| {label} | {sharded[0]:,.0f} | {sharded[1]:,.0f} |\n")
 
 
 def main():

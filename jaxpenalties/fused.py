@@ -19,10 +19,14 @@ How the gradient is formed (private, measured in ``benchmarks/fused.py``):
   pass, so the forward pass keeps only the inputs and the backward pass
   recomputes each chunk's logits.
 
-Positions are split into chunks *strided* across the flattened position axis
-(position i belongs to chunk i mod n_chunks), so each chunk holds a slice of
-every shard when positions are sharded over devices: the scan never runs over a
-sharded axis.
+Sharding: positions are split into chunks *strided* across the flattened
+position axis (position i belongs to chunk i mod n_chunks), so each chunk holds a
+slice of every shard when positions are sharded over devices and the scan never
+runs over a sharded axis; a vocabulary-sharded kernel gives vocabulary-sharded
+logits. Under explicit sharding the sharded position axes are flattened first,
+the chunk size is chosen to split evenly over the position shards, and each
+shard keeps its own partial weight gradient until after the loop (one
+all-reduce instead of one per chunk).
 """
 
 from __future__ import annotations
@@ -37,10 +41,6 @@ from jax import lax
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
 from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
-
-_KINDS = ("forward", "reverse", "symmetric", "js")
-_METHODS = ("precompute", "recompute")
-
 
 # ----------------------------------------------------------------------------
 # Per-chunk math
@@ -132,15 +132,17 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
     need_x, need_w, need_rx, need_rw, need_t = need
     dtype = t.dtype
     n_chunks = x.shape[1]
+    groups = _row_groups(x)
+    ref_groups = _row_groups(rx)
 
     def zeros_if(flag, like):  # zeros_like keeps the sharding of ``like``
         return jnp.zeros_like(like, dtype=dtype) if flag else None
 
     acc0 = {
         "x": zeros_if(need_x, x),
-        "w": zeros_if(need_w, w),
+        "w": _kernel_grad_zeros(x, w, groups, dtype) if need_w else None,
         "rx": zeros_if(need_rx, rx),
-        "rw": zeros_if(need_rw, rw),
+        "rw": _kernel_grad_zeros(rx, rw, ref_groups, dtype) if need_rw else None,
         "t": zeros_if(need_t, t),
     }
 
@@ -157,19 +159,61 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
                 acc["x"], _dot(dz, w, 1, 1, dtype, like=xc), k, axis=1
             )
         if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
-            acc["w"] = acc["w"] + _dot(xc, dz, 0, 0, dtype, like=w)
+            acc["w"] = acc["w"] + _kernel_grad(xc, dz, groups, dtype, like=w)
         if need_rx:
             acc["rx"] = lax.dynamic_update_index_in_dim(
                 acc["rx"], _dot(drz, rw, 1, 1, dtype, like=rxc), k, axis=1
             )
         if need_rw:
-            acc["rw"] = acc["rw"] + _dot(rxc, drz, 0, 0, dtype, like=rw)
+            acc["rw"] = acc["rw"] + _kernel_grad(rxc, drz, ref_groups, dtype, like=rw)
         if need_t:
             acc["t"] = acc["t"] + dt
         return acc, values
 
     acc, values = lax.scan(step, acc0, jnp.arange(n_chunks))
-    return values, (acc["x"], acc["w"], acc["rx"], acc["rw"], acc["t"])
+    dw = _sum_groups(acc["w"], groups)
+    drw = _sum_groups(acc["rw"], ref_groups)
+    return values, (acc["x"], dw, acc["rx"], drw, acc["t"])
+
+
+# Weight gradients under explicitly sharded rows: xᵀ · dz sums over the rows of
+# a chunk, which live on different devices. Summing them inside the loop would
+# all-reduce an [H, V] partial sum for every chunk; instead each row shard keeps
+# its own partial sum ([shards, H, V], one slice per device) and they are added
+# once, after the loop.
+
+
+def _row_groups(chunked) -> int:
+    """Explicit shard count of the rows of a [C, n_chunks, H] array (1 when
+    unsharded, automatically sharded, or not dividing C)."""
+    _, shards = _position_sharding(chunked)
+    return shards if shards > 1 and chunked.shape[0] % shards == 0 else 1
+
+
+def _kernel_grad_zeros(chunked, kernel, groups: int, dtype):
+    if groups == 1:
+        return jnp.zeros_like(kernel, dtype=dtype)
+    rows = jax.typeof(chunked).sharding
+    cols = tuple(jax.typeof(kernel).sharding.spec)
+    cols += (None,) * (kernel.ndim - len(cols))
+    spec = jax.sharding.PartitionSpec(tuple(rows.spec)[0], *cols)
+    sharding = jax.sharding.NamedSharding(rows.mesh, spec)
+    return jnp.zeros((groups,) + kernel.shape, dtype, out_sharding=sharding)
+
+
+def _kernel_grad(rows, d, groups: int, dtype, like):
+    """rowsᵀ · d [H, V], or its per-row-shard partial sums [groups, H, V]."""
+    if groups == 1:
+        return _dot(rows, d, 0, 0, dtype, like=like)
+    c = rows.shape[0]
+    rows = rows.reshape(groups, c // groups, rows.shape[1])
+    d = d.reshape(groups, c // groups, d.shape[1])
+    dims = (((1,), (1,)), ((0,), (0,)))
+    return lax.dot_general(rows, d, dims, preferred_element_type=dtype)
+
+
+def _sum_groups(acc, groups: int):
+    return acc if acc is None or groups == 1 else jnp.sum(acc, axis=0)
 
 
 def _cast_grads(cfg, grads, scale=None):
@@ -256,19 +300,22 @@ _fused_values.defvjp(_fused_values_fwd, _fused_values_bwd, symbolic_zeros=True)
 # ----------------------------------------------------------------------------
 
 
-def _position_shards(x) -> int:
-    """How many ways the position axes of ``x`` are explicitly sharded (1 when
-    unsharded or under automatic sharding, where XLA places the data)."""
+def _position_sharding(x) -> tuple[list[int], int]:
+    """The position axes of ``x`` that are explicitly sharded, and into how many
+    shards in all (([], 1) when unsharded or under automatic sharding, where
+    the sharding is XLA's to choose and unknown at trace time)."""
     sharding = jax.typeof(x).sharding
     spec = getattr(sharding, "spec", None)
     if spec is None:
-        return 1
+        return [], 1
     sizes = dict(getattr(sharding.mesh, "shape", {}))
-    shards = 1
-    for entry in tuple(spec)[: x.ndim - 1]:
-        for name in entry if isinstance(entry, tuple) else (entry,):
-            shards *= sizes.get(name, 1) if name is not None else 1
-    return shards
+    axes, shards = [], 1
+    for axis, entry in enumerate(tuple(spec)[: x.ndim - 1]):
+        names = [n for n in (entry if isinstance(entry, tuple) else (entry,)) if n]
+        if names:
+            axes.append(axis)
+            shards *= math.prod(sizes.get(name, 1) for name in names)
+    return axes, shards
 
 
 def _twos(k: int) -> int:
@@ -284,7 +331,10 @@ def _plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
     least half of ``chunk_size`` rows. When the sharding is not known at trace
     time (``shards == 1``: unsharded or automatic sharding), chunks whose row
     count has the most factors of 2 are preferred, so that they split evenly
-    over power-of-two device counts. Otherwise pads fewer than n_chunks rows.
+    over power-of-two device counts. Otherwise pads fewer than n_chunks rows;
+    explicitly sharded rows cannot be padded and take smaller chunks instead
+    (at least one row per shard, so more than ``chunk_size`` rows when
+    ``chunk_size`` < shards).
     """
     fewest = max(1, -(-n // chunk_size))
     if n % shards == 0:
@@ -295,6 +345,12 @@ def _plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
                 best = max(_twos(n // k) for k in candidates)
                 candidates = [k for k in candidates if _twos(n // k) == best]
             return candidates[0], n // candidates[0]
+        if shards > 1:
+            smaller = (
+                k for k in range(2 * fewest + 1, per_shard) if per_shard % k == 0
+            )
+            k = next(smaller, per_shard)
+            return k, n // k
     return fewest, max(1, -(-n // fewest))
 
 
@@ -347,9 +403,16 @@ def _fused_impl(
     positions = x.shape[:-1]
     n = math.prod(positions)
     mask = u.broadcast_where(where, positions)
-    n_chunks, c = _plan(n, chunk_size, _position_shards(x))
+    sharded_axes, shards = _position_sharding(x)
+    n_chunks, c = _plan(n, chunk_size, shards)
 
-    flat_mask = None if mask is None else mask.reshape(n)
+    # Explicitly sharded position axes go first, so that flattening the
+    # positions keeps one contiguous block of rows per shard.
+    order = sharded_axes + [i for i in range(len(positions)) if i not in sharded_axes]
+    if order != sorted(order):
+        x = jnp.transpose(x, order + [len(positions)])
+        ref_x = jnp.transpose(ref_x, order + [len(positions)])
+    flat_mask = None if mask is None else jnp.transpose(mask, order).reshape(n)
     hidden = u.sanitize(x.reshape(n, x.shape[-1]), flat_mask)
     ref_hidden = u.sanitize(ref_x.reshape(n, ref_x.shape[-1]), flat_mask)
     xs = _to_chunks(hidden, n, n_chunks, c)
@@ -370,7 +433,9 @@ def _fused_impl(
         return total / jnp.maximum(jnp.asarray(count, dtype), 1)
 
     values = _fused_values(cfg, xs, w, rxs, ref_w, t, beta)  # [n_chunks, C]
-    values = values.T.reshape(n_chunks * c)[:n].reshape(positions)
+    values = values.T.reshape(n_chunks * c)[:n]
+    values = values.reshape(tuple(positions[i] for i in order))
+    values = jnp.transpose(values, [order.index(i) for i in range(len(positions))])
     return u.reduce(values, reduction, mask)
 
 
@@ -405,7 +470,9 @@ def fused_linear_kl_divergence(
     O(positions · V). Matmuls accumulate in float32 (also for bfloat16 inputs);
     gradients flow to ``x``, ``w``, ``ref_x`` and ``ref_w`` (wrap the reference
     in ``jax.lax.stop_gradient`` to freeze it: its gradient work is then
-    skipped). First-order reverse-mode only (``jax.grad``, ``jax.vjp``).
+    skipped). First-order reverse-mode only (``jax.grad``, ``jax.vjp``). Runs on
+    sharded inputs: positions over a data axis, the kernels' vocabulary over a
+    model axis, with the single-device result.
 
     Args:
       x: hidden states [..., H] of the trained model (P).

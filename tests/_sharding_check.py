@@ -6,11 +6,13 @@ be fixed before JAX is imported::
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/_sharding_check.py
 
 Prints one JSON object per line: ``{"case", "error", "all_gathers",
-"grad_specs", "input_specs"}`` where ``error`` is the largest deviation of the
-sharded value and gradients from the single-device ones (relative to each
-array's largest magnitude), ``all_gathers`` counts all-gather ops in the compiled
-sharded program, and the specs say whether each gradient kept its input's
-sharding.
+"loop_kernel_all_reduces", "grad_specs", "input_specs"}`` where ``error`` is the
+largest deviation of the sharded value and gradients from the single-device ones
+(relative to each array's largest magnitude), ``all_gathers`` counts all-gather
+ops in the compiled sharded program, ``loop_kernel_all_reduces`` counts
+all-reduces of a head-kernel-sized array inside the chunk loop (weight gradients
+summed over devices once per chunk instead of once), and the specs say whether
+each gradient kept its input's sharding.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def run_case(name, f, args, specs, mesh, argnums):
     ]
     got = fn(*sharded)
     hlo = fn.lower(*sharded).compile().as_text()
+    kernels = [sharded[i] for i in (1, 3) if len(args) >= 4]
     grads = got[1]
     grad_specs = [str(g.sharding.spec) for g in grads]
     input_specs = [str(sharded[i].sharding.spec) for i in argnums]
@@ -60,9 +63,27 @@ def run_case(name, f, args, specs, mesh, argnums):
         "case": name,
         "error": relative_error(got, want),
         "all_gathers": hlo.count("all-gather-start") + hlo.count(" all-gather("),
+        "loop_kernel_all_reduces": loop_all_reduces(hlo, kernels),
         "grad_specs": grad_specs,
         "input_specs": input_specs,
     }
+
+
+def loop_all_reduces(hlo: str, kernels) -> int:
+    """All-reduces of a head-kernel-sized ([H, V] shard) array outside the
+    entry computation, i.e. inside the chunk loop: one per chunk."""
+    shapes = set()
+    for k in kernels:
+        h, v = k.sharding.shard_shape(k.shape)
+        shapes.add(f"f32[{h},{v}]")
+    count, in_entry = 0, False
+    for line in hlo.splitlines():
+        if line and not line.startswith(" "):
+            in_entry = line.startswith("ENTRY")
+        if not in_entry and "all-reduce" in line and "=" in line:
+            result = line.split("=", 1)[1].split("all-reduce", 1)[0]
+            count += any(shape in result for shape in shapes)
+    return count
 
 
 def random_inputs(seed=0):
@@ -154,6 +175,27 @@ def ragged_case(mesh, tag):
     )
 
 
+def sequence_sharded_case(mesh, tag):
+    """Positions sharded along the sequence axis (not the leading one), with an
+    unsharded mask: the explicitly sharded axis is moved first before the
+    positions are flattened; per-position values come back in place."""
+    _, _, where, x, w, rx, rw = random_inputs(3)
+    weights = jnp.arange(B * T, dtype=jnp.float32).reshape(B, T)
+    yield run_case(
+        f"{tag}/fused_kl_none_sequence_sharded",
+        lambda x, w, rx, rw, m: jnp.sum(
+            weights
+            * jp.fused_linear_kl_divergence(
+                x, w, rx, rw, reduction="none", where=m, chunk_size=8
+            )
+        ),
+        (x, w, rx, rw, where),
+        (P(None, "data"), P(None, "model"), P(None, "data"), P(None, "model"), P()),
+        mesh,
+        (0, 1, 2, 3),
+    )
+
+
 def main():
     assert jax.device_count() == 8, jax.devices()
     for kind in ("Auto", "Explicit"):
@@ -162,6 +204,8 @@ def main():
         tag = f"{kind}/data4xmodel2"
         results = list(divergence_cases(mesh, tag))
         results += fused_cases(mesh, tag, P("data"), P(None, "model"))
+        if kind == "Explicit":
+            results += sequence_sharded_case(mesh, tag)
         if kind == "Auto":
             results += ragged_case(mesh, tag)
             data8 = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))

@@ -417,3 +417,33 @@ class TestValidation:
         x, w, rx, rw = self.args
         with pytest.raises(TypeError, match="`x`.*floating"):
             jp.fused_linear_kl_divergence(jnp.ones((3, 4), int), w, rx, rw)
+
+
+# ---------------------------------------------------------------------------
+# Chunk plan (pure Python)
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 5000),
+    chunk_size=st.integers(1, 700),
+    shards=st.sampled_from([1, 2, 4, 8]),
+)
+def test_plan_covers_every_row_within_the_chunk_size(n, chunk_size, shards):
+    n_chunks, c = _plan(n, chunk_size, shards)
+    assert n_chunks >= 1 and n_chunks * c >= n
+    if shards == 1 or n % shards:
+        # At most chunk_size rows per chunk, fewer than n_chunks padded rows.
+        assert c <= max(chunk_size, 1) and n_chunks * c - n < n_chunks
+    else:
+        # Explicitly sharded rows: no padding, every chunk splits over shards.
+        assert n_chunks * c == n and (n // shards) % n_chunks == 0
+        assert c <= chunk_size or c == shards
+
+
+def test_plan_examples():
+    assert _plan(16_384, 1024) == (16, 1024)  # divides: no padding
+    assert _plan(1000, 256) == (5, 200)  # 200 = 8 · 25 beats 250 = 2 · 125
+    assert _plan(13, 4) == (4, 4)  # prime: 3 padded rows
+    assert _plan(16_376, 1024, shards=8) == (23, 712)  # 712 rows = 8 · 89
