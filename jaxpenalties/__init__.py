@@ -32,7 +32,7 @@ from jaxpenalties.transforms import add_l1_decay as add_l1_decay
 from jaxpenalties.transforms import add_penalty_gradient as add_penalty_gradient
 from jaxpenalties.validation import check_finite as check_finite
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "Penalty",
