@@ -7,7 +7,6 @@ Consistency references are NumPy/SciPy float64.
 """
 
 import functools
-import time
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -150,10 +149,8 @@ def test_many_rows_never_form_the_n_by_n_gram():
         compiled = jax.jit(fn).lower(x).compile()
         temp = compiled.memory_analysis().temp_size_in_bytes
         assert temp < 8 * n * d * 4  # a few [n, d] copies; n×n would be 6.4 GB
-        compiled(x).block_until_ready()
-        start = time.perf_counter()
+        # Speed is measured in benchmarks/constraints.py, not asserted here.
         value = compiled(x).block_until_ready()
-        assert time.perf_counter() - start < 1.0
         np.testing.assert_allclose(value, fn(x), rtol=1e-6)
     # Gradient too, without an n×n intermediate.
     g = jax.jit(jax.grad(functools.partial(jp.orthogonality, mode="spectral")))
