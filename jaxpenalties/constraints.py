@@ -35,10 +35,10 @@ def _rows(x: jax.Array, axis: str) -> jax.Array:
     return jnp.moveaxis(x, -1, 0).reshape(dim, batch * seq)  # row k = x[..., k]
 
 
-def _normalize_rows(x: jax.Array) -> jax.Array:
-    """Unit-L2 rows; a zero row (or one whose squared norm underflows) is left
-    as is, so it stays zero with a finite gradient."""
-    sq = jnp.sum(jnp.square(x), axis=1, keepdims=True)
+def _unit(x: jax.Array) -> jax.Array:
+    """Unit-L2 vectors along the last axis; a zero vector (or one whose squared
+    norm underflows) is left as is, so it stays zero with a finite gradient."""
+    sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
     ok = sq >= jnp.finfo(x.dtype).tiny
     return x / jnp.sqrt(jnp.where(ok, sq, jnp.ones((), x.dtype)))
 
@@ -61,7 +61,7 @@ def _orthogonality_impl(x, *, mode, normalize, axis):
     (x,) = u.upcast(x)
     x = _rows(x, axis)
     if normalize:
-        x = _normalize_rows(x)
+        x = _unit(x)
     n, d = x.shape
     if n <= d:
         # Few rows: G = X Xᵀ (n×n) is the smaller Gram matrix; use it directly.
@@ -175,16 +175,8 @@ def _consistency_impl(a, b, where, *, metric, reduction):
         return u.reduce(values, reduction, mask)
     # cosine: 1 − âᵀb̂ with safely normalised vectors (a zero vector has
     # cosine similarity 0 with everything, and finite gradients).
-    a_hat = a / jnp.expand_dims(_safe_norm(a), -1)
-    b_hat = b / jnp.expand_dims(_safe_norm(b), -1)
-    values = 1 - jnp.sum(a_hat * b_hat, axis=-1)
+    values = 1 - jnp.sum(_unit(a) * _unit(b), axis=-1)
     return u.reduce(values, reduction, mask)
-
-
-def _safe_norm(v: jax.Array) -> jax.Array:
-    """‖v‖ along the last axis, 1 where it is 0 (so v / ‖v‖ stays 0 there)."""
-    sq = jnp.sum(jnp.square(v), axis=-1)
-    return jnp.sqrt(jnp.where(sq > 0, sq, jnp.ones((), v.dtype)))
 
 
 def consistency(

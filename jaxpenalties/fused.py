@@ -228,10 +228,6 @@ def _cast_grads(cfg, grads, scale=None):
     return tuple(out)
 
 
-def _masked_total(values, mask):
-    return jnp.sum(jnp.where(mask, values, jnp.zeros((), values.dtype)))
-
-
 def _is_zero(ct) -> bool:
     return isinstance(ct, jax.custom_derivatives.SymbolicZero)
 
@@ -244,7 +240,7 @@ def _is_zero(ct) -> bool:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused_total(cfg, x, w, rx, rw, t, beta, mask):
     """Σ of the per-position divergence over positions where ``mask`` holds."""
-    return _masked_total(_value_scan(cfg, x, w, rx, rw, t, beta).T, mask)
+    return u.reduce(_value_scan(cfg, x, w, rx, rw, t, beta).T, "sum", mask)
 
 
 def _fused_total_fwd(cfg, x, w, rx, rw, t, beta, mask):
@@ -252,7 +248,7 @@ def _fused_total_fwd(cfg, x, w, rx, rw, t, beta, mask):
     x, w, rx, rw, t, beta, mask = (a.value for a in (x, w, rx, rw, t, beta, mask))
     weights = mask.astype(t.dtype)
     values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need)
-    return _masked_total(values.T, mask), grads
+    return u.reduce(values.T, "sum", mask), grads
 
 
 def _fused_total_bwd(cfg, grads, g):

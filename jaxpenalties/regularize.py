@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxpenalties import _utils as u
 
@@ -285,15 +286,11 @@ def _split_result(result, penalty: str):
 
 
 def _global_norm(tree, dtype) -> jax.Array:
-    leaves = [
-        x
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    total = jnp.zeros((), dtype)
-    for x in leaves:
-        total = total + jnp.sum(jnp.square(jnp.asarray(x).astype(dtype)))
-    return jnp.sqrt(total)
+    """optax's global L2 norm over the floating leaves, computed in ``dtype``."""
+    leaves = jax.tree.leaves(tree)
+    return optax.tree.norm(
+        [x.astype(dtype) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    ).astype(dtype)
 
 
 def regularize(
