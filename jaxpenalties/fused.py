@@ -10,11 +10,11 @@ head whose gradient is requested).
 
 How the gradient is formed (private, measured in ``benchmarks/fused.py``):
 
-* ``reduction="mean"`` / ``"sum"``: a ``jax.custom_vjp`` computes the value and
+* ``reduction="mean"`` / ``"sum"``: a ``jax.custom_jvp`` computes the value and
   the gradients in the *same* pass over the chunks (each chunk's logits are
   formed once; dx per chunk, dw accumulated in float32), and the backward pass
   only scales them by the incoming cotangent. Inputs that are not differentiated
-  (e.g. a frozen teacher) cost no gradient work.
+  (e.g. a frozen teacher) cost no gradient work. Forward mode works too.
 * ``reduction="none"``: the per-position cotangent is known only in the backward
   pass, so the forward pass keeps only the inputs and the backward pass
   recomputes each chunk's logits.
@@ -216,16 +216,12 @@ def _sum_groups(acc, groups: int):
     return acc if acc is None or groups == 1 else jnp.sum(acc, axis=0)
 
 
-def _cast_grads(cfg, grads, scale=None):
-    """Scales the float32 gradients and casts them to the primal dtypes."""
-    dtypes = cfg[2]
-    out = []
-    for d, dtype in zip(grads, dtypes, strict=True):
-        if d is None:
-            out.append(None)
-        else:
-            out.append((d if scale is None else scale * d).astype(dtype))
-    return tuple(out)
+def _cast_grads(cfg, grads):
+    """Casts the compute-dtype gradients to the primal dtypes."""
+    return tuple(
+        None if d is None else d.astype(dtype)
+        for d, dtype in zip(grads, cfg[2], strict=True)
+    )
 
 
 def _is_zero(ct) -> bool:
@@ -235,34 +231,52 @@ def _is_zero(ct) -> bool:
 # ----------------------------------------------------------------------------
 # Σ over unmasked positions: gradients formed in the forward pass
 # ----------------------------------------------------------------------------
+#
+# A ``custom_jvp`` whose rule computes the value and the gradients of the
+# inputs whose tangent is not a symbolic zero in one pass, and returns the
+# tangent Σᵢ ⟨gradᵢ, tangentᵢ⟩. That tangent is linear in the tangents, so
+# reverse mode (JAX partial-evaluates, then transposes) keeps the gradients as
+# residuals and scales them by the cotangent: no second pass over the chunks.
+# Which inputs are differentiated is part of JAX's own cache key for a JVP
+# rule, so no trace is ever reused for another set of differentiated inputs
+# (a custom VJP whose residuals depend on ``perturbed`` is not safe: JAX may
+# reuse its forward trace for another set). Forward mode (``jax.jvp``,
+# ``jax.jacfwd``) works too.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _fused_total(cfg, x, w, rx, rw, t, beta, mask):
     """Σ of the per-position divergence over positions where ``mask`` holds."""
     return u.reduce(_value_scan(cfg, x, w, rx, rw, t, beta).T, "sum", mask)
 
 
-def _fused_total_fwd(cfg, x, w, rx, rw, t, beta, mask):
-    need = tuple(a.perturbed for a in (x, w, rx, rw, t))
-    x, w, rx, rw, t, beta, mask = (a.value for a in (x, w, rx, rw, t, beta, mask))
+def _fused_total_jvp(cfg, primals, tangents):
+    x, w, rx, rw, t, beta, mask = primals
+    diff = tangents[:5]
+    need = tuple(not _is_zero(d) for d in diff)
+    if not any(need):
+        return _fused_total(cfg, *primals), jnp.zeros((), t.dtype)
     weights = mask.astype(t.dtype)
     values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need)
-    return u.reduce(values.T, "sum", mask), grads
+    total = u.reduce(values.T, "sum", mask)
+    tangent = jnp.zeros((), t.dtype)
+    for g, d in zip(grads, diff, strict=True):
+        if g is not None:
+            tangent = tangent + jnp.vdot(g, d.astype(g.dtype))
+    return total, tangent
 
 
-def _fused_total_bwd(cfg, grads, g):
-    if _is_zero(g):
-        return (None,) * 7
-    return _cast_grads(cfg, grads, g) + (None, None)
-
-
-_fused_total.defvjp(_fused_total_fwd, _fused_total_bwd, symbolic_zeros=True)
+_fused_total.defjvp(_fused_total_jvp, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
 # Per-position values: the backward pass recomputes each chunk's logits
 # ----------------------------------------------------------------------------
+#
+# The per-position cotangent is known only in the backward pass, so this is a
+# ``custom_vjp`` whose residuals are the inputs, always the same structure. The
+# backward pass forms every input's gradient; the gradients nobody asked for are
+# dead code, which XLA removes (with their loop-carried accumulators).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -272,23 +286,17 @@ def _fused_values(cfg, x, w, rx, rw, t, beta):
 
 
 def _fused_values_fwd(cfg, x, w, rx, rw, t, beta):
-    # Which inputs need a gradient is recorded in the residuals' structure
-    # (() for yes, None for no): a static fact, not an array.
-    need = tuple(() if a.perturbed else None for a in (x, w, rx, rw, t))
-    args = tuple(a.value for a in (x, w, rx, rw, t, beta))
-    return _value_scan(cfg, *args), (args, need)
+    args = (x, w, rx, rw, t, beta)
+    return _value_scan(cfg, *args), args
 
 
-def _fused_values_bwd(cfg, res, g):
-    args, need = res
-    if _is_zero(g):
-        return (None,) * 6
-    need = tuple(flag is not None for flag in need)
-    _, grads = _grad_scan(cfg, *args, g.T, need)
+def _fused_values_bwd(cfg, args, g):
+    has_t = cfg[1]
+    _, grads = _grad_scan(cfg, *args, g.T, (True, True, True, True, has_t))
     return _cast_grads(cfg, grads) + (None,)
 
 
-_fused_values.defvjp(_fused_values_fwd, _fused_values_bwd, symbolic_zeros=True)
+_fused_values.defvjp(_fused_values_fwd, _fused_values_bwd)
 
 
 # ----------------------------------------------------------------------------
@@ -466,7 +474,8 @@ def fused_linear_kl_divergence(
     O(positions · V). Matmuls accumulate in float32 (also for bfloat16 inputs);
     gradients flow to ``x``, ``w``, ``ref_x`` and ``ref_w`` (wrap the reference
     in ``jax.lax.stop_gradient`` to freeze it: its gradient work is then
-    skipped). First-order reverse-mode only (``jax.grad``, ``jax.vjp``). Runs on
+    skipped). First derivatives in reverse mode (``jax.grad``, ``jax.vjp``),
+    and in forward mode (``jax.jvp``) for ``"mean"`` and ``"sum"``. Runs on
     sharded inputs: positions over a data axis, the kernels' vocabulary over a
     model axis, with the single-device result.
 
