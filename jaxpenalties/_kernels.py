@@ -42,7 +42,7 @@ def _zero_where(cond, x):
     return jnp.where(cond, jnp.zeros((), x.dtype), x)
 
 
-def _finite(x):
+def finite(x):
     """x with −inf read as the most negative finite number (finite x unchanged)."""
     return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
@@ -84,7 +84,7 @@ def forward_kl(a, b):
 def _forward_kl_bwd(res, g):
     a, b, p = res
     g = g[..., None]
-    return g * (p * (_finite(a) - _finite(b) + 1)), -g * p
+    return g * (p * (finite(a) - finite(b) + 1)), -g * p
 
 
 forward_kl.defvjp(_forward_kl_fwd, _forward_kl_bwd)
@@ -118,7 +118,7 @@ def symmetric_kl(a, b):
 def _symmetric_kl_bwd(res, g):
     a, b, p, q = res
     g = 0.5 * g[..., None]
-    d = _finite(a) - _finite(b)
+    d = finite(a) - finite(b)
     return g * (p * d + p - q), g * (q - p - q * d)
 
 
@@ -135,9 +135,12 @@ def _js_terms(a, b, beta):
     p = jnp.exp(a)
     q = jnp.exp(b)
     # log M from p and q directly: one log instead of logaddexp's exp + log1p.
-    # Where both underflow, m = −inf is read as finfo.min and p = q = 0 there.
-    m = _finite(jnp.log(beta * p + (1 - beta) * q))
-    return beta * p * (_finite(a) - m), (1 - beta) * q * (_finite(b) - m)
+    # Where M = 0 (p = q = 0, every term below is 0) log(M + 1) = 0 is used
+    # instead of −inf: no select, and the second derivative stays finite
+    # (d log M = dM / M would be 0 / 0 there).
+    mix = beta * p + (1 - beta) * q
+    m = jnp.log(mix + (mix == 0).astype(mix.dtype))
+    return beta * p * (finite(a) - m), (1 - beta) * q * (finite(b) - m)
 
 
 def _js_fwd(a, b, beta):
@@ -168,7 +171,7 @@ js.defvjp(_js_fwd, _js_bwd)
 
 def _neg_entropy_fwd(a):
     p = jnp.exp(a)
-    return _sum(p * _finite(a)), (a, p)
+    return _sum(p * finite(a)), (a, p)
 
 
 @jax.custom_vjp
@@ -179,7 +182,46 @@ def neg_entropy(a):
 
 def _neg_entropy_bwd(res, g):
     a, p = res
-    return (g[..., None] * (p * (_finite(a) + 1)),)
+    return (g[..., None] * (p * (finite(a) + 1)),)
 
 
 neg_entropy.defvjp(_neg_entropy_fwd, _neg_entropy_bwd)
+
+
+# ----------------------------------------------------------------------------
+# Tempered log-softmax: log_softmax(x / T), finite for every T in (0, inf)
+# ----------------------------------------------------------------------------
+
+
+def shifted(x, t):
+    """(x − max x) / T: ≤ 0, exactly 0 at the maximum. A tiny T sends every
+    other entry to −inf (the greedy limit) instead of overflowing to NaN."""
+    top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
+    return (x - top) / t
+
+
+@jax.custom_jvp
+def tempered_log_softmax(x, t):
+    """``log_softmax(x / t)`` over the last axis, for a scalar ``t`` > 0.
+
+    Entries that are −inf (given, or overflowed for a tiny ``t``) have
+    probability 0 and pass no derivative on: their tangent is 0, so the
+    derivative w.r.t. ``t`` stays finite where autodiff of ``x / t`` gives
+    0 · ∞ = NaN.
+    """
+    s = shifted(x, t)
+    return s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
+
+
+@tempered_log_softmax.defjvp
+def _tempered_log_softmax_jvp(primals, tangents):
+    x, t = primals
+    dx, dt = tangents
+    s = shifted(x, t)
+    out = s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
+    # d s = dx / T − s dT / T, zero where s = −inf (probability exactly 0).
+    live = s > _NEG_INF
+    ds = _zero_where(~live, dx / t - finite(s) * (dt / t))
+    p = jnp.exp(out)
+    return out, ds - jnp.sum(p * ds, axis=-1, keepdims=True)

@@ -53,7 +53,7 @@ def _spectral_radius(e: jax.Array) -> jax.Array:
     """
     _, v = jnp.linalg.eigh(jax.lax.stop_gradient(e))
     rayleigh = jnp.sum(v * jnp.matmul(e, v, precision=_HIGHEST), axis=0)
-    return jnp.max(jnp.abs(rayleigh))
+    return jnp.max(jnp.abs(rayleigh), initial=0.0)  # 0 for a 0×0 matrix
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "normalize", "axis"))

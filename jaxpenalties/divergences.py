@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
@@ -38,15 +39,22 @@ def _check_temperature(temperature: Any) -> Any:
     if isinstance(temperature, numbers.Real):
         if not temperature > 0:
             raise ValueError(f"Expected `temperature` to be > 0, got {temperature!r}.")
-        # A strongly typed float32 scalar: Python floats and float32 arrays
-        # share one compiled version.
-        return None if temperature == 1 else np.float32(temperature)
+        # A strongly typed scalar in the default float width: Python floats and
+        # float32 arrays share one compiled version, and x64 keeps all digits.
+        if temperature == 1:
+            return None
+        return np.asarray(temperature, np.float64 if _x64() else np.float32)
     temperature = jnp.asarray(temperature)
     if temperature.ndim != 0:
         raise ValueError(
             f"Expected `temperature` to be a scalar, got shape {temperature.shape}."
         )
     return temperature
+
+
+def _x64() -> bool:
+    """Whether float64 is enabled here (also inside ``jax.enable_x64``)."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
 
 def _check_beta(beta: Any) -> float:
@@ -82,8 +90,20 @@ def prepare(x, axis: int, where, temperature):
     xs = tuple(u.sanitize(v, mask) for v in xs)
     if temperature is not None:
         t = jnp.asarray(temperature, xs[0].dtype)
-        xs = tuple(jax.nn.log_softmax(v / t, axis=-1) for v in xs)
+        xs = tuple(_temper(v, t) for v in xs)
     return xs, mask
+
+
+def _temper(x, t):
+    """``log_softmax(x / T)``; at T = 1 (an array equal to 1 included) the
+    log-probs are used as given, exactly as for the Python number 1, with the
+    derivative w.r.t. T of the tempered form (d/dx is the identity there)."""
+    tempered = _kernels.tempered_log_softmax(x, t)
+    fixed = lax.stop_gradient(x)
+    # Value x, d/dx = 1 and d/dT = d/dT log_softmax(x / T) at T = 1.
+    t_part = _kernels.finite(_kernels.tempered_log_softmax(fixed, t))
+    as_given = x + (t_part - lax.stop_gradient(t_part))
+    return jnp.where(t == 1, as_given, tempered)
 
 
 @functools.partial(
@@ -133,7 +153,8 @@ def kl_divergence(
       temperature: if not 1, both inputs are first re-normalised as
         ``log_softmax(x / T)``. No T² factor is applied (Hinton et al. multiply
         the loss by T² to keep gradient magnitudes; do so in the weight).
-        A Python float or a scalar array (changing it never recompiles).
+        A Python float or a scalar array (changing it never recompiles); at
+        T = 1, of either type, the inputs are used as given.
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
       where: optional boolean mask broadcastable to the position shape (the
         input shape without ``axis``). Masked positions may hold garbage.
@@ -208,8 +229,8 @@ def js_divergence(
       q_logprobs: log-probabilities of Q (e.g. the teacher), same shape.
       beta: mixture weight in the open interval (0, 1). Changing it does not
         recompile.
-      temperature: if not 1, inputs are re-normalised as ``log_softmax(x / T)``
-        first; no T² factor.
+      temperature: if not 1 (of any type), inputs are re-normalised as
+        ``log_softmax(x / T)`` first; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional boolean mask broadcastable to the position shape.
       axis: the distribution axis. Static.
@@ -269,7 +290,8 @@ def entropy(
     Args:
       logprobs: log-probabilities along ``axis``.
       mode: ``"bonus"`` (−H) or ``"penalty"`` (+H). Static.
-      temperature: if not 1, re-normalise as ``log_softmax(x / T)`` first.
+      temperature: if not 1 (of any type), re-normalise as
+        ``log_softmax(x / T)`` first.
       normalize: divide by log(size of ``axis``), so H ∈ [0, 1]. Static.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional boolean mask broadcastable to the position shape.

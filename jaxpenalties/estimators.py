@@ -48,8 +48,12 @@ def _kl_estimate_impl(
     elif estimator == "k2":
         values = 0.5 * jnp.square(log_r)
     else:
-        # (r − 1) − log r with expm1 for accuracy near r = 1; always >= 0.
-        values = jnp.expm1(log_r) - log_r
+        # (r − 1) − log r with expm1 for accuracy near r = 1; always >= 0. At
+        # log r = +inf (π(x) = 0) it is +inf, with the gradient of r (−inf
+        # w.r.t. ``logprobs``), not ∞ − ∞ = NaN.
+        inf = log_r == jnp.inf
+        safe = jnp.where(inf, jnp.zeros((), log_r.dtype), log_r)
+        values = jnp.where(inf, jnp.expm1(log_r), jnp.expm1(safe) - safe)
     return u.reduce(values, reduction, mask)
 
 

@@ -61,12 +61,16 @@ def _dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
 
 
 def _log_probs(has_t: bool, z, rz, t):
-    """log_softmax of both heads' (tempered) logits [C, V]; also the tempered
-    logits themselves."""
-    if has_t:
-        z = z / t
-        rz = rz / t
-    return jax.nn.log_softmax(z, axis=-1), jax.nn.log_softmax(rz, axis=-1), z, rz
+    """log_softmax of both heads' (tempered) logits [C, V]; also the tempered,
+    shifted logits s = (z − max z) / T that the temperature gradient needs
+    (finite: −inf entries read as ``finfo.min``; they carry p = 0)."""
+    if not has_t:
+        return jax.nn.log_softmax(z, axis=-1), jax.nn.log_softmax(rz, axis=-1), z, rz
+    a = _kernels.tempered_log_softmax(z, t)
+    b = _kernels.tempered_log_softmax(rz, t)
+    zs = _kernels.finite(_kernels.shifted(z, t))
+    rzs = _kernels.finite(_kernels.shifted(rz, t))
+    return a, b, zs, rzs
 
 
 def _divergence(kind: str, a, b, beta):
@@ -99,7 +103,8 @@ def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
     drzs = gb - jnp.exp(b) * jnp.sum(gb, axis=-1, keepdims=True)
     if not has_t:
         return values, dzs, drzs, None
-    # s = z / T: ∂/∂z = ∂/∂s / T and ∂/∂T = −Σ ∂/∂s · s / T.
+    # s = (z − max z) / T: ∂/∂z = ∂/∂s / T and ∂/∂T = −Σ ∂/∂s · s / T (the
+    # shift drops out: Σ_v ∂/∂s = 0 in every row).
     dt = -(jnp.sum(dzs * zs) + jnp.sum(drzs * rzs)) / t if need_t else None
     return values, dzs / t, drzs / t, dt
 
@@ -262,7 +267,8 @@ def _fused_total_jvp(cfg, primals, tangents):
     tangent = jnp.zeros((), t.dtype)
     for g, d in zip(grads, diff, strict=True):
         if g is not None:
-            tangent = tangent + jnp.vdot(g, d.astype(g.dtype))
+            # Σ g · d, elementwise then summed (also over sharded axes).
+            tangent = tangent + jnp.sum(g * d.astype(g.dtype))
     return total, tangent
 
 

@@ -285,12 +285,32 @@ def _split_result(result, penalty: str):
     return value, checked
 
 
-def _global_norm(tree, dtype) -> jax.Array:
-    """optax's global L2 norm over the floating leaves, computed in ``dtype``."""
-    leaves = jax.tree.leaves(tree)
-    return optax.tree.norm(
-        [x.astype(dtype) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
-    ).astype(dtype)
+def _grad_norm(fn, params, dtype) -> jax.Array:
+    """‖∇ fn(params)‖₂ over the floating array leaves of ``params`` (other
+    leaves, such as the activation functions of an equinox module, are held
+    fixed), as a metric: no gradient flows through it.
+
+    One backward pass per term, so a NaN in one term's gradient never reaches
+    another term's norm (a shared pass with zero cotangents would give 0 · NaN).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    idx = [i for i, x in enumerate(leaves) if _is_float_array(x)]
+
+    def of(diff):
+        full = list(leaves)
+        for i, d in zip(idx, diff, strict=True):
+            full[i] = d
+        return fn(jax.tree.unflatten(treedef, full))
+
+    grads = jax.grad(of)([leaves[i] for i in idx])
+    grads = jax.lax.stop_gradient(grads)
+    return optax.tree.norm([g.astype(dtype) for g in grads]).astype(dtype)
+
+
+def _is_float_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(
+        x.dtype, jnp.inexact
+    )
 
 
 def regularize(
@@ -444,19 +464,7 @@ def regularize(
 
     def regularized(params, batch, *args, step=0, weights=None):
         ws = weights_at(step, weights)
-        if track_grad_norms and specs:
-
-            def values_of(p):
-                loss, outputs, values, metrics = evaluate(p, batch, args, ws)
-                return tuple(values), (loss, outputs, metrics)
-
-            values, vjp_fn, (loss, outputs, metrics) = jax.vjp(
-                values_of, params, has_aux=True
-            )
-            values = list(values)
-        else:
-            loss, outputs, values, metrics = evaluate(params, batch, args, ws)
-
+        loss, outputs, values, metrics = evaluate(params, batch, args, ws)
         dtype = u.compute_dtype(loss, *values)
         total = loss.astype(dtype)
         report = {}
@@ -470,13 +478,12 @@ def regularize(
             total = total + contribution
             entry = {"value": value, "weight": w, "contribution": contribution, **m}
             if track_grad_norms:
-                cotangent = tuple(
-                    (w if i == k else jnp.zeros((), dtype)).astype(v.dtype)
-                    for i, v in enumerate(values)
-                )
-                (grads,) = vjp_fn(cotangent)
-                grads = jax.lax.stop_gradient(grads)  # a metric, not a loss term
-                entry["grad_norm"] = jnp.where(off, zero, _global_norm(grads, dtype))
+
+                def value_k(p, k=k):
+                    return evaluate(p, batch, args, ws)[2][k].astype(dtype)
+
+                norm = _grad_norm(value_k, params, dtype)
+                entry["grad_norm"] = jnp.where(off, zero, w * norm)
             report[spec.name] = entry
         aux = {"loss": loss, "outputs": outputs, "penalties": report}
         return total, aux

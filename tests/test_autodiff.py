@@ -176,3 +176,196 @@ def test_forward_mode_of_scalar_reductions_matches_materialised():
             _, got = jax.jvp(f, args, tangents)
             _, want = jax.jvp(e, args, tangents)
             np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Second derivatives and temperature gradients at −inf entries
+# ---------------------------------------------------------------------------
+
+# p and q share a zero (−inf) entry; the reference works on the support only.
+P = np.array([0.5, 0.3, 0.2, 0.0])
+Q = np.array([0.25, 0.15, 0.6, 0.0])
+
+
+def support_formula(kind, a, b, beta=0.5):
+    """The divergence on the support (finite entries), plain jnp, float64."""
+    p, q = jnp.exp(a), jnp.exp(b)
+    if kind == "forward":
+        return jnp.sum(p * (a - b))
+    if kind == "symmetric":
+        return 0.5 * jnp.sum((p - q) * (a - b))
+    if kind == "entropy":
+        return -jnp.sum(p * a)
+    m = jnp.log(beta * p + (1 - beta) * q)
+    return beta * jnp.sum(p * (a - m)) + (1 - beta) * jnp.sum(q * (b - m))
+
+
+def ours(kind, a, b, **kw):
+    if kind == "forward":
+        return jp.kl_divergence(a, b, **kw)
+    if kind == "symmetric":
+        return jp.kl_divergence(a, b, symmetric=True, **kw)
+    if kind == "entropy":
+        return jp.entropy(a, mode="penalty", **kw)
+    return jp.js_divergence(a, b, beta=0.3, **kw)
+
+
+@pytest.mark.parametrize("kind", ["forward", "symmetric", "js", "entropy"])
+def test_second_derivatives_with_shared_neg_inf_match_float64(kind):
+    with jax.enable_x64(True):
+        a, b = jnp.log(jnp.asarray(P)), jnp.log(jnp.asarray(Q))
+        beta = 0.3
+
+        def f(a, b):
+            return ours(kind, a, b)
+
+        def ref(a, b):
+            return support_formula(kind, a, b, beta)
+
+        hess = jax.hessian(f, (0, 1))(a, b)
+        want = jax.hessian(ref, (0, 1))(a[:3], b[:3])
+        for i in range(2):
+            for j in range(2):
+                h = np.asarray(hess[i][j])
+                assert np.all(np.isfinite(h)), (kind, i, j, h)
+                np.testing.assert_allclose(h[:3, :3], want[i][j], rtol=1e-9, atol=1e-12)
+                # Entries at the shared −inf carry no curvature.
+                np.testing.assert_array_equal(h[3], 0.0)
+                np.testing.assert_array_equal(h[:, 3], 0.0)
+        # grad of grad and jvp of grad agree with the Hessian.
+        v = jnp.asarray([0.3, -0.2, 0.1, 0.7])
+        g = jax.grad(f)
+        _, hv = jax.jvp(lambda a: g(a, b), (a,), (v,))
+        np.testing.assert_allclose(hv, hess[0][0] @ v, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["forward", "symmetric", "js", "entropy"])
+def test_temperature_gradient_is_finite_with_neg_inf_entries(kind):
+    with jax.enable_x64(True):
+        a, b = jnp.log(jnp.asarray(P)), jnp.log(jnp.asarray(Q))
+        t = jnp.asarray(2.0)
+
+        def ref(t):
+            sa = jax.nn.log_softmax(a[:3] / t)
+            sb = jax.nn.log_softmax(b[:3] / t)
+            return support_formula(kind, sa, sb, 0.3)
+
+        got = jax.grad(lambda t: ours(kind, a, b, temperature=t))(t)
+        want = jax.grad(ref)(t)
+        assert np.isfinite(got)
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+        if kind == "forward":  # the issue's example, against finite differences
+            a = jnp.log(jnp.asarray([0.5, 0.5, 0.0]))
+            b = jnp.log(jnp.asarray([0.25, 0.75, 0.0]))
+            got = jax.grad(lambda t: jp.kl_divergence(a, b, temperature=t))(t)
+            eps = 1e-6
+            fd = (
+                jp.kl_divergence(a, b, temperature=2 + eps)
+                - jp.kl_divergence(a, b, temperature=2 - eps)
+            ) / (2 * eps)
+            np.testing.assert_allclose(got, fd, rtol=1e-6)
+
+
+def test_fused_temperature_gradient_matches_materialised():
+    args = heads((2, 5))
+    for kind in ("kl", "js"):
+        got = jax.grad(lambda t, k=kind: fused(k, *args, temperature=t))(0.7)
+        want = jax.grad(lambda t, k=kind: plain_formula_t(k, *args, t))(0.7)
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def plain_formula_t(kind, x, w, rx, rw, t):
+    return plain_formula(kind, x / t, w, rx / t, rw, "mean")
+
+
+def test_python_float_temperature_keeps_float64_digits_under_x64():
+    with jax.enable_x64(True):
+        a, b = jnp.log(jnp.asarray(P)), jnp.log(jnp.asarray(Q))
+        got = jp.kl_divergence(a, b, temperature=0.1)
+        want = jp.kl_divergence(a, b, temperature=jnp.float64(0.1))
+        assert got.dtype == jnp.float64
+        assert float(got) == float(want)
+
+
+@pytest.mark.parametrize("kind", ["forward", "symmetric", "js", "entropy"])
+def test_temperature_one_means_the_same_whatever_its_type(kind):
+    # T = 1 uses the log-probs as given (no re-normalisation): the Python number
+    # and an array give the same value and the same gradient w.r.t. the inputs.
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)  # not normalised
+    b = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(3, 5)), jnp.float32))
+
+    def f(a, b, t):
+        return ours(kind, a, b, temperature=t)
+
+    for t in (jnp.float32(1.0), jnp.asarray(1.0)):
+        np.testing.assert_array_equal(f(a, b, t), f(a, b, 1.0))
+        got = jax.grad(f, (0, 1))(a, b, t)
+        want = jax.grad(f, (0, 1))(a, b, 1.0)
+        for g, e in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+    # d/dT at T = 1 is that of the tempered form (normalised inputs).
+    a = jax.nn.log_softmax(a)
+    got = jax.grad(f, 2)(a, b, jnp.asarray(1.0))
+    eps = 1e-3
+    fd = (f(a, b, 1 + eps) - f(a, b, 1 - eps)) / (2 * eps)
+    np.testing.assert_allclose(got, fd, rtol=2e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# regularize(track_grad_norms=True): one term's NaN stays in that term
+# ---------------------------------------------------------------------------
+
+
+def test_grad_norms_nan_in_one_term_does_not_spread_and_static_leaves_work():
+    def nan_grad(params):  # finite value, NaN gradient (d sqrt at 0 · 0)
+        return jnp.sqrt(jnp.sum(params["w"] * 0.0))
+
+    def loss_fn(params, batch):
+        return jnp.sum(params["act"](params["w"] @ batch["x"]) ** 2)
+
+    params = {"w": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]), "act": jax.nn.relu}
+    batch = {"x": jnp.asarray([1.0, 2.0])}
+    penalties = [
+        jp.Penalty(jp.l2, inputs=(lambda p, b, o: p["w"],), weight=0.5, name="l2"),
+        jp.Penalty(nan_grad, inputs=("params",), weight=1.0, name="bad"),
+    ]
+    f = jp.regularize(loss_fn, penalties, track_grad_norms=True)
+    jitted = jax.jit(lambda w, batch: f({"w": w, "act": jax.nn.relu}, batch))
+    for run in (f, lambda p, b: jitted(p["w"], b)):
+        _, aux = run(params, batch)
+        l2_norm = aux["penalties"]["l2"]["grad_norm"]
+        want = 0.5 * float(optax_norm(jax.grad(lambda w: jp.l2(w))(params["w"])))
+        np.testing.assert_allclose(l2_norm, want, rtol=1e-6)
+        assert np.isnan(aux["penalties"]["bad"]["grad_norm"])
+
+
+def optax_norm(x):
+    return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+# ---------------------------------------------------------------------------
+# Edge values: k3 at π(x) = 0, spectral orthogonality of no rows
+# ---------------------------------------------------------------------------
+
+
+def test_k3_with_impossible_token_under_the_policy_is_inf_not_nan():
+    logp = jnp.asarray([-jnp.inf, -1.0])
+    ref = jnp.asarray([-2.0, -1.5])
+    values = jp.kl_estimate(logp, ref, estimator="k3", reduction="none")
+    assert np.isposinf(values[0])
+    r = np.exp(-0.5)
+    np.testing.assert_allclose(values[1], r - 1 - np.log(r), rtol=1e-6)
+    g = jax.grad(lambda lp: jp.kl_estimate(lp, ref, reduction="sum"))(logp)
+    assert np.isneginf(g[0]) and np.isfinite(g[1])
+    np.testing.assert_allclose(g[1], 1 - r, rtol=1e-6)  # d/dlogp = 1 − r
+    # The reference impossible instead: (r − 1) − log r → +inf, gradient finite.
+    v = jp.kl_estimate(jnp.asarray([-1.0]), jnp.asarray([-jnp.inf]), reduction="none")
+    assert np.isposinf(v[0])
+
+
+def test_spectral_orthogonality_of_zero_rows_is_zero():
+    x = jnp.zeros((0, 5))
+    for mode in ("soft", "hard", "spectral"):
+        assert float(jp.orthogonality(x, mode=mode)) == 0.0
+    assert np.all(jax.grad(lambda x: jp.orthogonality(x, mode="spectral"))(x) == 0)
