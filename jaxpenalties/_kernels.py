@@ -1,10 +1,15 @@
 """Exact per-position divergence kernels over the last axis, with analytic VJPs.
 
-Private. Each kernel takes log-probabilities ``a = log p`` and ``b = log q`` of
-shape ``[..., V]`` (already upcast, already masked) and returns the per-position
-value of shape ``[...]``. The custom VJPs give the analytic gradient, which is
-both faster than differentiating through guards and exact where autodiff of
-``jnp.where`` leaks NaN (``0 · log 0`` terms):
+Private. :func:`divergence` takes the inputs as the user gave them (any float
+dtype, with a position mask and an optional temperature) and returns the
+per-position value ``[...]`` in the compute dtype (float32, or float64). The
+upcast, the mask and the temperature are applied *inside* every fusion that
+reads the inputs, never as a separate float32 copy: for bf16 inputs the value
+reads each input once, and the gradient re-reads the inputs (the residuals are
+the inputs themselves) and writes the input-dtype gradient once. That is the
+memory floor.
+
+With ``a = log p``, ``b = log q`` the kernels and their gradients are
 
 * forward KL  ``Σ p (a − b)``:          ∂/∂a = p (a − b + 1),   ∂/∂b = −p
 * symmetric   ``½ Σ (p − q)(a − b)``:   ∂/∂a = ½ [p (a − b) + p − q]
@@ -12,9 +17,12 @@ both faster than differentiating through guards and exact where autodiff of
   ∂/∂a = β p (a − m),  ∂/∂b = (1 − β) q (b − m)
 * ``Σ p a`` (= −H):                    ∂/∂a = p (a + 1)
 
+and, when the inputs are logits or a temperature T applies, a = log_softmax(s),
+s = (x − max x) / T: ∂/∂x = (∂/∂a − p Σ ∂/∂a) / T, ∂/∂T = −Σ (∂/∂a − p Σ ∂/∂a) s / T.
+
 Conventions (exact, no clamps): a term with p = 0 (a = −inf) is exactly 0, also
 when b = −inf; a term with p > 0 and q = 0 is +inf, even when p underflows.
-The fused large-vocabulary path reuses these kernels chunk by chunk.
+Entries at −inf pass no derivative on (also not to T).
 
 Speed: selects in the hot loop stop XLA:CPU from vectorising the ``exp`` (seen
 here: 3× slower), so no kernel selects per element on its fast path:
@@ -26,20 +34,22 @@ here: 3× slower), so no kernel selects per element on its fast path:
 * KL values need one more case, p > 0 with q = 0, whose true value is +inf.
   They evaluate the plain formula, which is exact whenever no ``0 · ∞`` occurs
   and is non-finite (never silently wrong) when one does; only then does a
-  ``lax.cond`` recompute the rows with the guarded formula.
+  ``lax.cond`` recompute the rows with the guarded formula. Its operands are the
+  user's arrays, so it costs no copy.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxpenalties import _utils as u
+
+KINDS = ("forward", "symmetric", "js", "entropy")
 _NEG_INF = -jnp.inf
-
-
-def _zero_where(cond, x):
-    return jnp.where(cond, jnp.zeros((), x.dtype), x)
 
 
 def finite(x):
@@ -47,149 +57,12 @@ def finite(x):
     return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
 
-def _finish(fast_rows, exact_rows, *operands):
-    """``fast_rows``, or ``exact_rows(*operands)`` if any fast row is not finite."""
-    flag = jnp.logical_not(jnp.all(jnp.isfinite(fast_rows)))
-    return lax.cond(flag, exact_rows, lambda *_: fast_rows, *operands)
-
-
 def _sum(x):
     return jnp.sum(x, axis=-1)
 
 
 # ----------------------------------------------------------------------------
-# Forward KL: Σ p (a − b)
-# ----------------------------------------------------------------------------
-
-
-def _forward_kl_exact(a, b):
-    p = jnp.exp(a)
-    d = a - b
-    # b = −inf under a > −inf: the true term is +inf even if p underflowed to 0.
-    t = jnp.where(d == jnp.inf, jnp.inf, p * d)
-    return _sum(_zero_where(a == _NEG_INF, t))
-
-
-def _forward_kl_fwd(a, b):
-    p = jnp.exp(a)
-    return _finish(_sum(p * (a - b)), _forward_kl_exact, a, b), (a, b, p)
-
-
-@jax.custom_vjp
-def forward_kl(a, b):
-    """Σ_v p (log p − log q) over the last axis: KL(P‖Q) per position."""
-    return _forward_kl_fwd(a, b)[0]
-
-
-def _forward_kl_bwd(res, g):
-    a, b, p = res
-    g = g[..., None]
-    return g * (p * (finite(a) - finite(b) + 1)), -g * p
-
-
-forward_kl.defvjp(_forward_kl_fwd, _forward_kl_bwd)
-
-
-# ----------------------------------------------------------------------------
-# Symmetric KL: ½ Σ (p − q)(a − b) = ½ (KL(P‖Q) + KL(Q‖P)), one pass
-# ----------------------------------------------------------------------------
-
-
-def _symmetric_kl_exact(a, b):
-    d = a - b
-    # |d| = inf with one side −inf: the true term is +inf even if both underflow.
-    t = jnp.where(jnp.abs(d) == jnp.inf, jnp.inf, (jnp.exp(a) - jnp.exp(b)) * d)
-    return 0.5 * _sum(_zero_where(a == b, t))
-
-
-def _symmetric_kl_fwd(a, b):
-    p = jnp.exp(a)
-    q = jnp.exp(b)
-    rows = _finish(0.5 * _sum((p - q) * (a - b)), _symmetric_kl_exact, a, b)
-    return rows, (a, b, p, q)
-
-
-@jax.custom_vjp
-def symmetric_kl(a, b):
-    """½ Σ_v (p − q)(log p − log q) over the last axis."""
-    return _symmetric_kl_fwd(a, b)[0]
-
-
-def _symmetric_kl_bwd(res, g):
-    a, b, p, q = res
-    g = 0.5 * g[..., None]
-    d = finite(a) - finite(b)
-    return g * (p * d + p - q), g * (q - p - q * d)
-
-
-symmetric_kl.defvjp(_symmetric_kl_fwd, _symmetric_kl_bwd)
-
-
-# ----------------------------------------------------------------------------
-# Generalised Jensen–Shannon: β KL(P‖M) + (1 − β) KL(Q‖M), M = βP + (1 − β)Q
-# ----------------------------------------------------------------------------
-
-
-def _js_terms(a, b, beta):
-    """β p (a − m) and (1 − β) q (b − m); also the gradients w.r.t. a and b."""
-    p = jnp.exp(a)
-    q = jnp.exp(b)
-    # log M from p and q directly: one log instead of logaddexp's exp + log1p.
-    # Where M = 0 (p = q = 0, every term below is 0) log(M + 1) = 0 is used
-    # instead of −inf: no select, and the second derivative stays finite
-    # (d log M = dM / M would be 0 / 0 there).
-    mix = beta * p + (1 - beta) * q
-    m = jnp.log(mix + (mix == 0).astype(mix.dtype))
-    return beta * p * (finite(a) - m), (1 - beta) * q * (finite(b) - m)
-
-
-def _js_fwd(a, b, beta):
-    ta, tb = _js_terms(a, b, beta)
-    return _sum(ta + tb), (ta, tb, beta)
-
-
-@jax.custom_vjp
-def js(a, b, beta):
-    """β Σ p (a − m) + (1 − β) Σ q (b − m) over the last axis, m = log M."""
-    return _js_fwd(a, b, beta)[0]
-
-
-def _js_bwd(res, g):
-    ta, tb, beta = res
-    g = g[..., None]
-    # β is a validated constant in (0, 1); no gradient flows to it.
-    return g * ta, g * tb, jnp.zeros_like(beta)
-
-
-js.defvjp(_js_fwd, _js_bwd)
-
-
-# ----------------------------------------------------------------------------
-# Σ p a (= −H(P))
-# ----------------------------------------------------------------------------
-
-
-def _neg_entropy_fwd(a):
-    p = jnp.exp(a)
-    return _sum(p * finite(a)), (a, p)
-
-
-@jax.custom_vjp
-def neg_entropy(a):
-    """Σ_v p log p over the last axis (= −H(P)); 0 · log 0 = 0."""
-    return _neg_entropy_fwd(a)[0]
-
-
-def _neg_entropy_bwd(res, g):
-    a, p = res
-    return (g[..., None] * (p * (finite(a) + 1)),)
-
-
-neg_entropy.defvjp(_neg_entropy_fwd, _neg_entropy_bwd)
-
-
-# ----------------------------------------------------------------------------
-# Tempered log-softmax: log_softmax(x / T), finite for every T in (0, inf)
+# Inputs: mask, upcast, temperature (all elementwise or row-wise, fused)
 # ----------------------------------------------------------------------------
 
 
@@ -198,30 +71,174 @@ def shifted(x, t):
     other entry to −inf (the greedy limit) instead of overflowing to NaN."""
     top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
-    return (x - top) / t
+    s = x - top
+    return s if t is None else s / t
 
 
-@jax.custom_jvp
-def tempered_log_softmax(x, t):
-    """``log_softmax(x / t)`` over the last axis, for a scalar ``t`` > 0.
+def _log_probs(x, mask, t, logits, dtype):
+    """The log-probabilities the kernel uses, those of the normalised form
+    (equal unless ``x`` is used as given at T = 1), and the shifted tempered
+    logits ``s`` (None when ``x`` is used as given)."""
+    if mask is not None:
+        x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+    x = x.astype(dtype)
+    if t is None and not logits:
+        return x, x, None
+    s = shifted(x, t)
+    normalised = s - jnp.log(_sum(jnp.exp(s))[..., None])
+    if logits:
+        return normalised, normalised, s
+    return jnp.where(t == 1, x, normalised), normalised, s
 
-    Entries that are −inf (given, or overflowed for a tiny ``t``) have
-    probability 0 and pass no derivative on: their tangent is 0, so the
-    derivative w.r.t. ``t`` stays finite where autodiff of ``x / t`` gives
-    0 · ∞ = NaN.
+
+def _through_normalisation(g, normalised, s, t, logits):
+    """Cotangents w.r.t. x (and T) from the cotangent ``g`` w.r.t. the
+    log-probs (see the module docstring)."""
+    if s is None:
+        return g, None
+    ds = g - jnp.exp(normalised) * jnp.sum(g, axis=-1, keepdims=True)
+    if t is None:
+        return ds, None
+    # Σ ds · s over entries with s = −inf is 0 · lo = 0: no derivative to T.
+    dt = -jnp.sum(ds * finite(s)) / t
+    dx = ds / t
+    if not logits:
+        dx = jnp.where(t == 1, g, dx)
+    return dx, dt
+
+
+# ----------------------------------------------------------------------------
+# Values and gradients w.r.t. the log-probs
+# ----------------------------------------------------------------------------
+
+
+def _mixture_log(p, q, beta):
+    """log(β p + (1 − β) q) from p and q: one log instead of logaddexp's exp and
+    log1p. The mixture is floored at the smallest normal float: where it is 0
+    (p = q = 0, every term using it is 0) the log is finite, and so is the
+    second derivative (d log M = dM / M would be 0 / 0 there); a mixture below
+    it changes terms of size < 1e-36 (float32). A compare-and-convert here
+    instead costs XLA:CPU its fusion (8× slower, seen here)."""
+    mix = beta * p + (1 - beta) * q
+    return jnp.log(jnp.maximum(mix, jnp.finfo(mix.dtype).tiny))
+
+
+def _js_terms(a, b, beta):
+    p = jnp.exp(a)
+    q = jnp.exp(b)
+    m = _mixture_log(p, q, beta)
+    return beta * p * (finite(a) - m), (1 - beta) * q * (finite(b) - m)
+
+
+def _fast_values(kind, a, b, beta):
+    """Per-position values; exact unless a KL row comes out non-finite."""
+    if kind == "forward":
+        return _sum(jnp.exp(a) * (a - b))
+    if kind == "symmetric":
+        return 0.5 * _sum((jnp.exp(a) - jnp.exp(b)) * (a - b))
+    if kind == "js":
+        ta, tb = _js_terms(a, b, beta)
+        return _sum(ta + tb)
+    return _sum(jnp.exp(a) * finite(a))
+
+
+def _exact_values(kind, a, b):
+    """The guarded KL formulas (only run when a fast row is not finite)."""
+    d = a - b
+    if kind == "forward":
+        # b = −inf under a > −inf: the true term is +inf even if p underflowed.
+        t = jnp.where(d == jnp.inf, jnp.inf, jnp.exp(a) * d)
+        return _sum(jnp.where(a == _NEG_INF, jnp.zeros((), t.dtype), t))
+    # |d| = inf with one side −inf: the true term is +inf even if both underflow.
+    t = jnp.where(jnp.abs(d) == jnp.inf, jnp.inf, (jnp.exp(a) - jnp.exp(b)) * d)
+    return 0.5 * _sum(jnp.where(a == b, jnp.zeros((), t.dtype), t))
+
+
+def _grads(kind, a, b, beta):
+    """∂ value / ∂a and ∂ value / ∂b (None for entropy) per element."""
+    p = jnp.exp(a)
+    if kind == "forward":
+        return p * (finite(a) - finite(b) + 1), -p
+    if kind == "symmetric":
+        q = jnp.exp(b)
+        d = finite(a) - finite(b)
+        return 0.5 * (p * d + p - q), 0.5 * (q - p - q * d)
+    if kind == "js":
+        return _js_terms(a, b, beta)
+    return p * (finite(a) + 1), None
+
+
+# ----------------------------------------------------------------------------
+# The kernel
+# ----------------------------------------------------------------------------
+
+
+def _values(kind, logits, a, b, mask, t, beta):
+    dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
+    lp_a = _log_probs(a, mask, t, logits, dtype)[0]
+    lp_b = None if b is None else _log_probs(b, mask, t, logits, dtype)[0]
+    rows = _fast_values(kind, lp_a, lp_b, beta)
+    if kind not in ("forward", "symmetric"):
+        return rows
+
+    def exact(a, b, mask, t):
+        return _exact_values(
+            kind,
+            _log_probs(a, mask, t, logits, dtype)[0],
+            _log_probs(b, mask, t, logits, dtype)[0],
+        )
+
+    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
+    return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def divergence(kind, logits, a, b, mask, t, beta):
+    """Per-position ``kind`` divergence of the distributions given by ``a`` and
+    ``b`` over the last axis.
+
+    Args:
+      kind: one of :data:`KINDS` (``"entropy"`` gives Σ p log p = −H; ``b`` is
+        then None). Static.
+      logits: True: ``a``, ``b`` are logits, always normalised as
+        ``log_softmax(x / T)``; False: log-probs, used as given at T = 1
+        (``t`` None or equal to 1). Static.
+      a, b: arrays [..., V] of any float dtype.
+      mask: None, or a boolean array [...]: rows where it is False are read as
+        zeros (garbage there reaches neither the value nor the gradient).
+      t: None or a scalar temperature in the compute dtype.
+      beta: the JS mixture weight (a scalar), or None.
     """
-    s = shifted(x, t)
-    return s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
+    return _values(kind, logits, a, b, mask, t, beta)
 
 
-@tempered_log_softmax.defjvp
-def _tempered_log_softmax_jvp(primals, tangents):
-    x, t = primals
-    dx, dt = tangents
-    s = shifted(x, t)
-    out = s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
-    # d s = dx / T − s dT / T, zero where s = −inf (probability exactly 0).
-    live = s > _NEG_INF
-    ds = _zero_where(~live, dx / t - finite(s) * (dt / t))
-    p = jnp.exp(out)
-    return out, ds - jnp.sum(p * ds, axis=-1, keepdims=True)
+def _divergence_fwd(kind, logits, a, b, mask, t, beta):
+    # The residuals are the inputs themselves: no copy is kept.
+    return _values(kind, logits, a, b, mask, t, beta), (a, b, mask, t, beta)
+
+
+def _divergence_bwd(kind, logits, res, g):
+    a, b, mask, t, beta = res
+    dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
+    lp_a, norm_a, s_a = _log_probs(a, mask, t, logits, dtype)
+    if b is None:
+        lp_b = norm_b = s_b = None
+    else:
+        lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
+    ga, gb = _grads(kind, lp_a, lp_b, beta)
+    g = g[..., None].astype(dtype)
+    da, dt = _through_normalisation(g * ga, norm_a, s_a, t, logits)
+    db = None
+    if b is not None:
+        db, dt_b = _through_normalisation(g * gb, norm_b, s_b, t, logits)
+        dt = None if dt is None else dt + dt_b
+    return (
+        da.astype(a.dtype),
+        None if db is None else db.astype(b.dtype),
+        None,
+        None if t is None else dt.astype(t.dtype),
+        None if beta is None else jnp.zeros_like(beta),  # β is a constant
+    )
+
+
+divergence.defvjp(_divergence_fwd, _divergence_bwd)

@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
@@ -79,44 +78,27 @@ def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
     return p, q, axis
 
 
-def prepare(x, axis: int, where, temperature):
-    """Moves ``axis`` last, upcasts, masks, and applies the temperature.
-
-    Returns the prepared array(s) and the broadcast ``where`` mask.
-    """
-    xs = u.upcast(*x)
+def _run(kind, xs, axis, where, temperature, beta=None):
+    """Moves ``axis`` last and runs the kernel on the arrays as given: the
+    upcast, the mask and the temperature happen inside its fusions."""
     xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
     mask = u.broadcast_where(where, xs[0].shape[:-1])
-    xs = tuple(u.sanitize(v, mask) for v in xs)
-    if temperature is not None:
-        t = jnp.asarray(temperature, xs[0].dtype)
-        xs = tuple(_temper(v, t) for v in xs)
-    return xs, mask
-
-
-def _temper(x, t):
-    """``log_softmax(x / T)``; at T = 1 (an array equal to 1 included) the
-    log-probs are used as given, exactly as for the Python number 1, with the
-    derivative w.r.t. T of the tempered form (d/dx is the identity there)."""
-    tempered = _kernels.tempered_log_softmax(x, t)
-    fixed = lax.stop_gradient(x)
-    # Value x, d/dx = 1 and d/dT = d/dT log_softmax(x / T) at T = 1.
-    t_part = _kernels.finite(_kernels.tempered_log_softmax(fixed, t))
-    as_given = x + (t_part - lax.stop_gradient(t_part))
-    return jnp.where(t == 1, as_given, tempered)
+    dtype = u.compute_dtype(*xs)
+    t = None if temperature is None else jnp.asarray(temperature, dtype)
+    beta = None if beta is None else jnp.asarray(beta, dtype)
+    b = xs[1] if len(xs) > 1 else None
+    return _kernels.divergence(kind, False, xs[0], b, mask, t, beta), mask
 
 
 @functools.partial(
     jax.jit, static_argnames=("direction", "symmetric", "reduction", "axis")
 )
 def _kl_impl(p, q, temperature, where, *, direction, symmetric, reduction, axis):
-    (a, b), mask = prepare((p, q), axis, where, temperature)
     if symmetric:
-        values = _kernels.symmetric_kl(a, b)
-    elif direction == "forward":
-        values = _kernels.forward_kl(a, b)
+        kind, pair = "symmetric", (p, q)
     else:
-        values = _kernels.forward_kl(b, a)
+        kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
+    values, mask = _run(kind, pair, axis, where, temperature)
     return u.reduce(values, reduction, mask)
 
 
@@ -197,8 +179,7 @@ def kl_divergence(
 
 @functools.partial(jax.jit, static_argnames=("reduction", "axis"))
 def _js_impl(p, q, beta, temperature, where, *, reduction, axis):
-    (a, b), mask = prepare((p, q), axis, where, temperature)
-    values = _kernels.js(a, b, jnp.asarray(beta, a.dtype))
+    values, mask = _run("js", (p, q), axis, where, temperature, beta)
     return u.reduce(values, reduction, mask)
 
 
@@ -262,10 +243,9 @@ def js_divergence(
 
 @functools.partial(jax.jit, static_argnames=("mode", "normalize", "reduction", "axis"))
 def _entropy_impl(x, temperature, where, *, mode, normalize, reduction, axis):
-    (a,), mask = prepare((x,), axis, where, temperature)
-    neg_h = _kernels.neg_entropy(a)  # −H
+    neg_h, mask = _run("entropy", (x,), axis, where, temperature)  # −H
     if normalize:
-        neg_h = neg_h / jnp.log(jnp.asarray(a.shape[-1], a.dtype))
+        neg_h = neg_h / jnp.log(jnp.asarray(x.shape[axis], neg_h.dtype))
     values = neg_h if mode == "bonus" else -neg_h
     return u.reduce(values, reduction, mask)
 

@@ -60,53 +60,42 @@ def _dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
     )
 
 
-def _log_probs(has_t: bool, z, rz, t):
-    """log_softmax of both heads' (tempered) logits [C, V]; also the tempered,
-    shifted logits s = (z − max z) / T that the temperature gradient needs
-    (finite: −inf entries read as ``finfo.min``; they carry p = 0)."""
-    if not has_t:
-        return jax.nn.log_softmax(z, axis=-1), jax.nn.log_softmax(rz, axis=-1), z, rz
-    a = _kernels.tempered_log_softmax(z, t)
-    b = _kernels.tempered_log_softmax(rz, t)
-    zs = _kernels.finite(_kernels.shifted(z, t))
-    rzs = _kernels.finite(_kernels.shifted(rz, t))
-    return a, b, zs, rzs
-
-
-def _divergence(kind: str, a, b, beta):
-    """Per-position divergence [C] from log-probabilities [C, V]."""
-    if kind == "forward":
-        return _kernels.forward_kl(a, b)
-    if kind == "reverse":
-        return _kernels.forward_kl(b, a)
-    if kind == "symmetric":
-        return _kernels.symmetric_kl(a, b)
-    return _kernels.js(a, b, beta)
-
-
-def _values_from_logits(kind: str, has_t: bool, z, rz, t, beta):
-    """Per-position divergence [C] from the logits [C, V] of both heads."""
-    a, b, _, _ = _log_probs(has_t, z, rz, t)
-    return _divergence(kind, a, b, beta)
+def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
+    """Per-position divergence [C] from the logits [C, V] of both heads (the
+    kernel normalises them, tempered by ``t`` when ``has_t``)."""
+    a, b = (rz, z) if kind == "reverse" else (z, rz)
+    kernel_kind = "forward" if kind == "reverse" else kind
+    return _kernels.divergence(
+        kernel_kind,
+        True,
+        a,
+        b,
+        None,
+        t if has_t else None,
+        beta if kind == "js" else None,
+    )
 
 
 def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
     """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
-    [C, V] (and t). The kernel's own VJP gives ∂/∂a, ∂/∂b; the log-softmax and
-    temperature steps are transposed by hand (fewer [C, V] buffers than
-    autodiff through ``jax.nn.log_softmax``):
-    ∂/∂s = ∂/∂a − softmax(s) Σ ∂/∂a for a = log_softmax(s), s = z / T."""
-    a, b, zs, rzs = _log_probs(has_t, z, rz, t)
-    values, kernel_vjp = jax.vjp(lambda a, b: _divergence(kind, a, b, beta), a, b)
-    ga, gb = kernel_vjp(g)
-    dzs = ga - jnp.exp(a) * jnp.sum(ga, axis=-1, keepdims=True)
-    drzs = gb - jnp.exp(b) * jnp.sum(gb, axis=-1, keepdims=True)
-    if not has_t:
-        return values, dzs, drzs, None
-    # s = (z − max z) / T: ∂/∂z = ∂/∂s / T and ∂/∂T = −Σ ∂/∂s · s / T (the
-    # shift drops out: Σ_v ∂/∂s = 0 in every row).
-    dt = -(jnp.sum(dzs * zs) + jnp.sum(drzs * rzs)) / t if need_t else None
-    return values, dzs / t, drzs / t, dt
+    [C, V] (and t), from the kernel's analytic VJP."""
+    if has_t and need_t:
+        values, vjp = jax.vjp(
+            lambda z, rz, t: _chunk_values(kind, True, z, rz, t, beta), z, rz, t
+        )
+        dz, drz, dt = vjp(g)
+        return values, dz, drz, dt
+    values, vjp = jax.vjp(
+        lambda z, rz: _chunk_values(kind, has_t, z, rz, t, beta), z, rz
+    )
+    dz, drz = vjp(g)
+    return values, dz, drz, None
+
+
+def _matmul_dtype(*arrays):
+    """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
+    accumulated in float32), as a bf16 matmul's autodiff does."""
+    return jnp.result_type(*arrays)
 
 
 def _chunk(a, k):
@@ -122,7 +111,7 @@ def _value_scan(cfg, x, w, rx, rw, t, beta):
     def step(carry, k):
         z = _dot(_chunk(x, k), w, 1, 0, dtype)
         rz = _dot(_chunk(rx, k), rw, 1, 0, dtype)
-        return carry, _values_from_logits(kind, has_t, z, rz, t, beta)
+        return carry, _chunk_values(kind, has_t, z, rz, t, beta)
 
     _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
     return values
@@ -140,16 +129,20 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
     groups = _row_groups(x)
     ref_groups = _row_groups(rx)
 
-    def zeros_if(flag, like):  # zeros_like keeps the sharding of ``like``
+    def zeros_if(flag, like, dtype=dtype):  # zeros_like keeps the sharding
         return jnp.zeros_like(like, dtype=dtype) if flag else None
 
+    # dx rows are written once each: kept in the input dtype. dw is a sum over
+    # every chunk: accumulated in float32 (one [H, V] float32 buffer per head).
     acc0 = {
-        "x": zeros_if(need_x, x),
+        "x": zeros_if(need_x, x, x.dtype),
         "w": _kernel_grad_zeros(x, w, groups, dtype) if need_w else None,
-        "rx": zeros_if(need_rx, rx),
+        "rx": zeros_if(need_rx, rx, rx.dtype),
         "rw": _kernel_grad_zeros(rx, rw, ref_groups, dtype) if need_rw else None,
         "t": zeros_if(need_t, t),
     }
+    mm = _matmul_dtype(x, w)
+    ref_mm = _matmul_dtype(rx, rw)
 
     def step(acc, k):
         xc, rxc, gc = _chunk(x, k), _chunk(rx, k), _chunk(weights, k)
@@ -158,17 +151,18 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
         values, dz, drz, dt = _chunk_grads(
             kind, has_t, need_t, z, rz, t, beta, gc.astype(dtype)
         )
+        # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
+        # head: never a float32 copy of w) and accumulate in float32.
+        dz, drz = dz.astype(mm), drz.astype(ref_mm)
         acc = dict(acc)
         if need_x:  # dx = dz · wᵀ, written into the chunk's rows
-            acc["x"] = lax.dynamic_update_index_in_dim(
-                acc["x"], _dot(dz, w, 1, 1, dtype, like=xc), k, axis=1
-            )
+            dx = _dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
+            acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
         if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
             acc["w"] = acc["w"] + _kernel_grad(xc, dz, groups, dtype, like=w)
         if need_rx:
-            acc["rx"] = lax.dynamic_update_index_in_dim(
-                acc["rx"], _dot(drz, rw, 1, 1, dtype, like=rxc), k, axis=1
-            )
+            drx = _dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
+            acc["rx"] = lax.dynamic_update_index_in_dim(acc["rx"], drx, k, axis=1)
         if need_rw:
             acc["rw"] = acc["rw"] + _kernel_grad(rxc, drz, ref_groups, dtype, like=rw)
         if need_t:
