@@ -6,8 +6,9 @@ Reproduce (from the repository root, CPU; about 4 minutes on 2 shared cores):
     .venv/bin/python benchmarks/fused.py --mesh     # + per-device memory, 8 CPU devices
 
 "Materialised" is ``jp.kl_divergence(log_softmax(x @ w), log_softmax(rx @ rw))``;
-"fused" is ``jp.fused_linear_kl_divergence(x, w, rx, rw)`` with the default
-``chunk_size=1024``. Memory is XLA's compiled temporary-buffer size
+"fused" is ``jp.fused_linear_kl_divergence(x, w, rx, rw)`` with
+``chunk_size=1024`` (bf16 heads at LLM sizes, and Liger: ``llm_heads.py``).
+Memory is XLA's compiled temporary-buffer size
 (``memory_analysis().temp_size_in_bytes``, compile only: nothing that large is
 run) of ``jax.jit(jax.grad(f))`` or ``jax.jit(jax.value_and_grad(f))``. The
 student (x, w) is differentiated and the teacher (rx, rw) is frozen, as in
@@ -53,7 +54,7 @@ def materialised(x, w, rx, rw):
 
 
 def fused(x, w, rx, rw):
-    return jp.fused_linear_kl_divergence(x, w, rx, rw)
+    return jp.fused_linear_kl_divergence(x, w, rx, rw, chunk_size=1024)
 
 
 def fused_recompute(x, w, rx, rw):

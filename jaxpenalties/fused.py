@@ -6,7 +6,15 @@ Q = softmax(ref_x @ ref_w / T). The [positions, V] logits are never formed for a
 positions at once, neither in the forward nor in the backward pass: positions are
 processed in chunks of at most ``chunk_size`` rows inside one ``lax.scan``, so the
 peak extra memory is O(chunk_size · V) (plus one float32 [H, V] accumulator per
-head whose gradient is requested).
+head whose gradient is requested, and one float32 [H, V] partial product per
+chunk on backends that do not accumulate a matmul in place).
+
+Precision: the logits are bf16 × bf16 products accumulated in float32 for a bf16
+head; the backward matmuls take the float32 logit cotangent rounded to the
+input dtype (as autodiff of a bf16 matmul does), accumulate in float32, and the
+weight gradient is summed over chunks in float32 (costing H · V · 4 bytes,
+2 GiB for a 4,096 × 128k head, instead of half that in bf16, and sparing the
+bf16 rounding error of each chunk's partial sum).
 
 How the gradient is formed (private, measured in ``benchmarks/fused.py``):
 
@@ -386,8 +394,29 @@ def _check_heads(x, w, ref_x, ref_w, chunk_size):
             "Expected `x` and `ref_x` to have the same position shape (all axes "
             f"but the last), got shapes {x.shape} and {ref_x.shape}."
         )
-    u.check_int("chunk_size", chunk_size, minimum=1)
+    if chunk_size is not None:
+        u.check_int("chunk_size", chunk_size, minimum=1)
     return x, w, ref_x, ref_w
+
+
+# The float32 logits of one chunk take at most this fraction of the memory of the
+# trained head's kernel, and at least _MIN_CHUNK_ELEMENTS elements (16 MiB).
+_KERNEL_FRACTION = 8
+_MIN_CHUNK_ELEMENTS = 2**22
+
+
+def _default_chunk_size(w) -> int:
+    """Rows per chunk for ``chunk_size=None``, from the kernel [H, V].
+
+    One chunk's float32 logits [C, V] take an eighth of the kernel's own memory
+    (C = H · itemsize / 8, so 1,024 rows for a bf16 H = 4,096 head and 2,048 for
+    a float32 one: about as many as Liger's V/H rule at 32k positions), or 16
+    MiB for a small head, where more rows cost nothing. The forward and backward
+    pass hold a few such buffers at once.
+    """
+    hidden, vocab = w.shape
+    by_kernel = hidden * jnp.dtype(w.dtype).itemsize // _KERNEL_FRACTION
+    return max(1, by_kernel, _MIN_CHUNK_ELEMENTS // max(vocab, 1))
 
 
 def _to_chunks(a, n: int, n_chunks: int, c: int):
@@ -408,6 +437,8 @@ def _fused_impl(
     n = math.prod(positions)
     mask = u.broadcast_where(where, positions)
     sharded_axes, shards = _position_sharding(x)
+    if chunk_size is None:
+        chunk_size = _default_chunk_size(w)
     n_chunks, c = _plan(n, chunk_size, shards)
 
     # Explicitly sharded position axes go first, so that flattening the
@@ -459,7 +490,7 @@ def fused_linear_kl_divergence(
     temperature: float | jax.typing.ArrayLike = 1.0,
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     r"""KL divergence between two linear heads, without materialising the logits.
 
@@ -493,7 +524,9 @@ def fused_linear_kl_divergence(
       where: optional boolean mask broadcastable to ``x.shape[:-1]``; masked
         positions may hold garbage (NaN) and get zero gradient.
       chunk_size: maximum number of positions whose logits exist at once; a
-        positive Python int. Static.
+        positive Python int, or None (default) for one from a memory budget:
+        one chunk's float32 logits take an eighth of the memory of ``w`` (1,024
+        rows for a bf16 4,096 × 128k head), or 16 MiB for small heads. Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or the per-position values
@@ -551,7 +584,7 @@ def fused_linear_js_divergence(
     temperature: float | jax.typing.ArrayLike = 1.0,
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
@@ -576,8 +609,9 @@ def fused_linear_js_divergence(
       temperature: divides both heads' logits; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional boolean mask broadcastable to ``x.shape[:-1]``.
-      chunk_size: maximum number of positions whose logits exist at once.
-        Static.
+      chunk_size: maximum number of positions whose logits exist at once, or
+        None (default) for one from a memory budget (see
+        :func:`fused_linear_kl_divergence`). Static.
 
     Returns:
       A scalar, or per-position values of shape ``x.shape[:-1]``.

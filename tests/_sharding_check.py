@@ -25,6 +25,14 @@ if __name__ == "__main__":  # not when pytest imports this file for doctests
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAG).strip()
 
 import jax  # noqa: E402
+
+if __name__ == "__main__":  # CPU devices, also on a machine with an accelerator
+    jax.config.update("jax_platforms", "cpu")
+    try:
+        jax.config.update("jax_num_cpu_devices", 8)
+    except AttributeError:  # older JAX: the XLA flag above does it
+        pass
+
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
@@ -197,7 +205,10 @@ def sequence_sharded_case(mesh, tag):
 
 
 def main():
-    assert jax.device_count() == 8, jax.devices()
+    if jax.device_count() != 8:
+        reason = f"8 CPU devices needed, got {jax.devices()}"
+        print(json.dumps({"unavailable": reason}), flush=True)
+        return
     for kind in ("Auto", "Explicit"):
         axis_type = getattr(AxisType, kind)
         mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)

@@ -447,3 +447,54 @@ def test_plan_examples():
     assert _plan(1000, 256) == (5, 200)  # 200 = 8 · 25 beats 250 = 2 · 125
     assert _plan(13, 4) == (4, 4)  # prime: 3 padded rows
     assert _plan(16_376, 1024, shards=8) == (23, 712)  # 712 rows = 8 · 89
+
+
+# ---------------------------------------------------------------------------
+# bf16 heads: no float32 copy of the kernel; chunk_size=None from a budget
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argnums", [(0,), (0, 1)])
+def test_bf16_head_gradient_holds_no_float32_copy_of_the_kernel(argnums):
+    # H · V is large against one chunk's logits, so a float32 [H, V] copy of w
+    # (what a float32 cotangent times a bf16 kernel makes) would show.
+    h, v, n = 512, 4096, 64
+    x = jax.ShapeDtypeStruct((n, h), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((h, v), jnp.bfloat16)
+    sg = jax.lax.stop_gradient
+
+    def loss(x, w):
+        return jp.fused_linear_js_divergence(x, w, sg(x), sg(w), chunk_size=16)
+
+    step = jax.jit(jax.value_and_grad(loss, argnums))
+    temp = step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+    kernel_f32 = h * v * 4
+    # dx only: chunk buffers (≈ 0.25 of a float32 kernel here). With dw: the
+    # float32 accumulator and one chunk's float32 partial product.
+    allowed = 0.5 if argnums == (0,) else 2.5
+    assert temp < allowed * kernel_f32, temp / kernel_f32
+
+
+def test_default_chunk_size_follows_the_kernel_budget():
+    from jaxpenalties.fused import _default_chunk_size
+
+    def kernel(h, v, dtype):
+        return jax.ShapeDtypeStruct((h, v), dtype)
+
+    assert _default_chunk_size(kernel(4096, 128256, jnp.bfloat16)) == 1024
+    assert _default_chunk_size(kernel(4096, 128256, jnp.float32)) == 2048
+    # Small heads: 16 MiB of float32 logits per chunk.
+    assert _default_chunk_size(kernel(16, 96, jnp.float32)) == 2**22 // 96
+
+
+def test_chunk_size_none_is_the_default_and_explicit_wins():
+    args = heads((2, 5))
+    default = jp.fused_linear_kl_divergence(*args)
+    np.testing.assert_array_equal(
+        default, jp.fused_linear_kl_divergence(*args, chunk_size=None)
+    )
+    np.testing.assert_allclose(
+        default, jp.fused_linear_kl_divergence(*args, chunk_size=3), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="chunk_size"):
+        jp.fused_linear_kl_divergence(*args, chunk_size=0)
