@@ -72,7 +72,13 @@ def shifted(x, t):
     top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
     s = x - top
-    return s if t is None else s / t
+    return s if t is None else s / _at_least_tiny(t)
+
+
+def _at_least_tiny(t):
+    """T floored at the smallest normal float: a subnormal T is flushed to 0 on
+    some backends (0 / 0 = NaN at the maximum); both are the greedy limit."""
+    return jnp.maximum(t, jnp.finfo(t.dtype).tiny)
 
 
 def _log_probs(x, mask, t, logits, dtype):
@@ -100,6 +106,7 @@ def _through_normalisation(g, normalised, s, t, logits):
     if t is None:
         return ds, None
     # Σ ds · s over entries with s = −inf is 0 · lo = 0: no derivative to T.
+    t = _at_least_tiny(t)
     dt = -jnp.sum(ds * finite(s)) / t
     dx = ds / t
     if not logits:
@@ -112,22 +119,23 @@ def _through_normalisation(g, normalised, s, t, logits):
 # ----------------------------------------------------------------------------
 
 
-def _mixture_log(p, q, beta):
-    """log(β p + (1 − β) q) from p and q: one log instead of logaddexp's exp and
-    log1p. The mixture is floored at the smallest normal float: where it is 0
-    (p = q = 0, every term using it is 0) the log is finite, and so is the
-    second derivative (d log M = dM / M would be 0 / 0 there); a mixture below
-    it changes terms of size < 1e-36 (float32). A compare-and-convert here
-    instead costs XLA:CPU its fusion (8× slower, seen here)."""
-    mix = beta * p + (1 - beta) * q
-    return jnp.log(jnp.maximum(mix, jnp.finfo(mix.dtype).tiny))
+def _mixture_log(a, b, beta):
+    """log M = log(β p + (1 − β) q) for finite log-probs a, b, relative to the
+    larger one: M = e^top (1 + c · expm1(d)) with d = min − top ≤ 0 and c the
+    weight of the smaller side, so m = top + log1p(c · expm1(d)). Where a = b,
+    m = a exactly (JS is then exactly 0), and it never under- or overflows.
+    Only max, min and sign (no select, which costs XLA:CPU its fusion)."""
+    top = jnp.maximum(a, b)
+    d = jnp.minimum(a, b) - top
+    c = 0.5 - (beta - 0.5) * jnp.sign(a - b)  # 1 − β if a > b, β if a < b
+    return top + jnp.log1p(c * jnp.expm1(d))
 
 
 def _js_terms(a, b, beta):
-    p = jnp.exp(a)
-    q = jnp.exp(b)
-    m = _mixture_log(p, q, beta)
-    return beta * p * (finite(a) - m), (1 - beta) * q * (finite(b) - m)
+    """β p (a − m) and (1 − β) q (b − m), also ∂ JS / ∂a and ∂ JS / ∂b."""
+    fa, fb = finite(a), finite(b)
+    m = _mixture_log(fa, fb, beta)
+    return beta * jnp.exp(a) * (fa - m), (1 - beta) * jnp.exp(b) * (fb - m)
 
 
 def _fast_values(kind, a, b, beta):
@@ -137,9 +145,12 @@ def _fast_values(kind, a, b, beta):
     if kind == "symmetric":
         return 0.5 * _sum((jnp.exp(a) - jnp.exp(b)) * (a - b))
     if kind == "js":
+        # Each element's β p log(p/M) + (1 − β) q log(q/M) is ≥ 0 (Jensen on
+        # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
         ta, tb = _js_terms(a, b, beta)
-        return _sum(ta + tb)
-    return _sum(jnp.exp(a) * finite(a))
+        return _sum(jnp.maximum(ta + tb, 0))
+    # p log p with log p ≤ 0 (a log-prob above 0 only by rounding): −H ≤ 0.
+    return _sum(jnp.exp(a) * jnp.minimum(finite(a), 0))
 
 
 def _exact_values(kind, a, b):

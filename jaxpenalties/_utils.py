@@ -68,7 +68,13 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> None:
 
 def check_floating(name: str, x: Any) -> jax.Array:
     """Returns ``x`` as an array, raising ``TypeError`` unless it is floating."""
-    x = jnp.asarray(x)
+    try:
+        x = jnp.asarray(x)
+    except TypeError:
+        raise TypeError(
+            f"Expected `{name}` to be a floating-point array, got "
+            f"{type(x).__name__} {x!r:.60}."
+        ) from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
             f"Expected `{name}` to be a floating-point array, got dtype {x.dtype}."
@@ -182,13 +188,16 @@ def check_scalar(
     open_low: bool = False,
     open_high: bool = False,
 ) -> Any:
-    """Validates a numeric, weight-like argument that is *not* static.
+    """Validates a numeric argument that is *not* static (weights, temperature,
+    bounds), one rule for every type.
 
-    A Python number is range-checked eagerly and returned as a ``float``; an
-    array must be a scalar: a NumPy one is range-checked too, a JAX array or
-    tracer is returned as is (no device sync; its range is not checked).
-    Either way the value reaches the jitted core as a dynamic argument, so
-    changing it never recompiles.
+    A concrete value (a Python number, a NumPy scalar or a concrete JAX scalar
+    array) must be finite and in range, whatever its type; a Python number is
+    returned as a ``float``, an array as a JAX array. A traced value cannot be
+    checked at trace time: it is returned as is, and a value outside the range
+    gives the function's documented out-of-range result. Either way the value
+    reaches the jitted core as a dynamic argument, so changing it never
+    recompiles.
     """
     if isinstance(value, bool) or not (
         isinstance(value, numbers.Real) or _is_array_like_value(value)
@@ -200,30 +209,37 @@ def check_scalar(
                 f"Expected `{name}` to be a scalar, got an array of shape "
                 f"{np.shape(value)}."
             )
-        if not isinstance(value, (np.ndarray, np.generic)):
-            return jnp.asarray(value)  # a device array or tracer: kept dynamic
-        # A host (NumPy) scalar is concrete: range-check it without a sync.
-        check_scalar(
-            name,
-            float(value),
-            low=low,
-            high=high,
-            open_low=open_low,
-            open_high=open_high,
-        )
+        if not np.issubdtype(np.result_type(value.dtype), np.number) or np.issubdtype(
+            value.dtype, np.bool_
+        ):
+            raise ValueError(
+                f"Expected `{name}` to be a number, got an array of dtype "
+                f"{value.dtype}."
+            )
+        if isinstance(value, jax.core.Tracer):
+            return value  # traced: kept dynamic, cannot be checked here
+        _check_range(name, float(value), low, high, open_low, open_high)
         return jnp.asarray(value)
     value = float(value)
+    _check_range(name, value, low, high, open_low, open_high)
+    return value
+
+
+def _check_range(name, value, low, high, open_low, open_high) -> None:
     below = low is not None and (value <= low if open_low else value < low)
     above = high is not None and (value >= high if open_high else value > high)
-    if below or above or value != value:
-        left = "(" if open_low else "["
-        right = ")" if open_high else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ValueError(
-            f"Expected `{name}` to be in {left}{lo}, {hi}{right}, got {value!r}."
-        )
-    return value
+    if not (below or above or not np.isfinite(value)):
+        return
+    if high is None and low is not None:
+        valid = f"a finite number {'>' if open_low else '>='} {low:g}"
+    elif low is None and high is not None:
+        valid = f"a finite number {'<' if open_high else '<='} {high:g}"
+    elif low is None:
+        valid = "a finite number"
+    else:
+        left, right = "(" if open_low else "[", ")" if open_high else "]"
+        valid = f"in {left}{low:g}, {high:g}{right}"
+    raise ValueError(f"Expected `{name}` to be {valid}, got {value!r}.")
 
 
 def named_leaves(tree: Any, root: str) -> list[tuple[str, Any]]:

@@ -30,24 +30,19 @@ ENTROPY_MODES = ("bonus", "penalty")
 def _check_temperature(temperature: Any) -> Any:
     """Returns None for a Python temperature of exactly 1 (no re-normalisation).
 
-    Any other value (including an array, traced or not) is kept dynamic so that
-    changing it never recompiles.
+    A concrete temperature (a number or a concrete array) must be finite and
+    > 0; a tiny one is the greedy limit (argmax), never NaN. Any other value
+    than the Python 1 (including an array, traced or not) is kept dynamic so
+    that changing it never recompiles. A traced T ≤ 0 or non-finite T cannot
+    be checked and gives NaN.
     """
-    if isinstance(temperature, bool):
-        raise ValueError(f"Expected `temperature` to be a number, got {temperature!r}.")
-    if isinstance(temperature, numbers.Real):
-        if not temperature > 0:
-            raise ValueError(f"Expected `temperature` to be > 0, got {temperature!r}.")
-        # A strongly typed scalar in the default float width: Python floats and
-        # float32 arrays share one compiled version, and x64 keeps all digits.
+    temperature = u.check_scalar("temperature", temperature, low=0.0, open_low=True)
+    if isinstance(temperature, float):
         if temperature == 1:
             return None
+        # A strongly typed scalar in the default float width: Python floats and
+        # float32 arrays share one compiled version, and x64 keeps all digits.
         return np.asarray(temperature, np.float64 if _x64() else np.float32)
-    temperature = jnp.asarray(temperature)
-    if temperature.ndim != 0:
-        raise ValueError(
-            f"Expected `temperature` to be a scalar, got shape {temperature.shape}."
-        )
     return temperature
 
 
@@ -201,7 +196,8 @@ def js_divergence(
         \mathrm{JS}_\beta(P \| Q) = \beta\,\mathrm{KL}(P \| M)
             + (1 - \beta)\,\mathrm{KL}(Q \| M)
 
-    ``log M`` is formed with ``logaddexp`` (never ``log(max(m, eps))``), so the
+    ``log M`` is formed in log space, relative to the larger of log p and log q
+    (``top + log1p(c · expm1(min − top))``, never ``log(max(m, eps))``), so the
     value is exact and always finite; β = 0.5 is the standard JS divergence,
     bounded by log 2. The gradient is β p (log p − log m) w.r.t. ``log p``.
 

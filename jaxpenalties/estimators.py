@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any
 
 import jax
@@ -17,16 +16,7 @@ ESTIMATORS = ("k1", "k2", "k3")
 def _check_max_log_ratio(c: Any) -> Any:
     if c is None:
         return None
-    if isinstance(c, bool):
-        raise ValueError(f"Expected `max_log_ratio` to be a number, got {c!r}.")
-    if isinstance(c, numbers.Real):
-        if not c > 0:
-            raise ValueError(f"Expected `max_log_ratio` to be > 0, got {c!r}.")
-        return float(c)
-    c = jnp.asarray(c)
-    if c.ndim != 0:
-        raise ValueError(f"Expected `max_log_ratio` to be a scalar, got {c.shape}.")
-    return c
+    return u.check_scalar("max_log_ratio", c, low=0.0, open_low=True)
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction"))

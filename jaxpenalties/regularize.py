@@ -425,11 +425,11 @@ def regularize(
         ws = []
         for spec in specs:
             if spec.name in overrides:
-                w = overrides[spec.name]
-                if isinstance(w, numbers.Real) and not w >= 0:
-                    raise ValueError(
-                        f"Expected `weights[{spec.name!r}]` to be >= 0, got {w!r}."
-                    )
+                # Concrete values (numbers, concrete arrays) are checked: finite
+                # and >= 0. Traced ones are used as they are.
+                w = u.check_scalar(
+                    f"weights[{spec.name!r}]", overrides[spec.name], low=0.0
+                )
             elif callable(spec.weight):
                 w = spec.weight(jnp.asarray(step))
             else:

@@ -135,7 +135,9 @@ def test_gradient_penalty_errors():
         jp.gradient_penalty(lambda x: jnp.sum(x), x)
     with pytest.raises(ValueError, match="leading batch axis"):
         jp.gradient_penalty(lambda x: x, jnp.float32(1.0))
-    with pytest.raises(ValueError, match=r"`target_norm` to be in \[0, inf\], got -1"):
+    with pytest.raises(
+        ValueError, match=r"`target_norm` to be a finite number >= 0, got -1"
+    ):
         jp.gradient_penalty(lambda x: x[:, 0], x, target_norm=-1.0)
     with pytest.raises(ValueError, match=r"`reduction`.*'max'"):
         jp.gradient_penalty(lambda x: x[:, 0], x, reduction="max")
@@ -279,7 +281,7 @@ def test_output_magnitude_no_recompile_and_errors():
         jp.output_magnitude_penalty(y, target=jnp.float32(2.0))
         jp.output_magnitude_penalty(y, target=jnp.float32(3.0))
         assert compiles() <= 1
-    with pytest.raises(ValueError, match=r"`target` to be in \[0, inf\]"):
+    with pytest.raises(ValueError, match=r"`target` to be a finite number >= 0"):
         jp.output_magnitude_penalty(y, target=-0.5)
     with pytest.raises(ValueError, match="leading batch axis"):
         jp.output_magnitude_penalty(jnp.float32(1.0))

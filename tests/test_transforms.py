@@ -361,7 +361,7 @@ class TestErrors:
     def test_construction(self):
         with pytest.raises(TypeError, match="`penalty_fn` to be callable"):
             jp.add_penalty_gradient(0.1)
-        with pytest.raises(ValueError, match=r"`weight` to be in \[0, inf\]"):
+        with pytest.raises(ValueError, match=r"`weight` to be a finite number >= 0"):
             jp.add_penalty_gradient(jp.l1, -0.1)
         with pytest.raises(ValueError, match="`weight` to be a number"):
             jp.add_l1_decay("0.1")
