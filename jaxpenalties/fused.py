@@ -40,32 +40,18 @@ all-reduce instead of one per chunk).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _kernels
+from jaxpenalties import _chunking, _kernels
 from jaxpenalties import _utils as u
 from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
 
 # ----------------------------------------------------------------------------
 # Per-chunk math
 # ----------------------------------------------------------------------------
-
-
-def _dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
-    """``a`` · ``b`` contracting one axis each, accumulated in ``dtype``.
-
-    ``like``: an array whose sharding the result takes (needed under explicit
-    sharding when the contracted axis is sharded on both sides).
-    """
-    dims = (((contract_a,), (contract_b,)), ((), ()))
-    out_sharding = None if like is None else jax.typeof(like).sharding
-    return lax.dot_general(
-        a, b, dims, preferred_element_type=dtype, out_sharding=out_sharding
-    )
 
 
 def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
@@ -106,19 +92,14 @@ def _matmul_dtype(*arrays):
     return jnp.result_type(*arrays)
 
 
-def _chunk(a, k):
-    """Chunk ``k`` of an array laid out as [C, n_chunks, ...]."""
-    return lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
-
-
 def _value_scan(cfg, x, w, rx, rw, t, beta):
     """Per-position values [n_chunks, C]; ``x`` is [C, n_chunks, H]."""
     kind, has_t, _ = cfg
     dtype = t.dtype
 
     def step(carry, k):
-        z = _dot(_chunk(x, k), w, 1, 0, dtype)
-        rz = _dot(_chunk(rx, k), rw, 1, 0, dtype)
+        z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
+        rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
         return carry, _chunk_values(kind, has_t, z, rz, t, beta)
 
     _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
@@ -134,8 +115,8 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
     need_x, need_w, need_rx, need_rw, need_t = need
     dtype = t.dtype
     n_chunks = x.shape[1]
-    groups = _row_groups(x)
-    ref_groups = _row_groups(rx)
+    groups = _chunking.row_groups(x)
+    ref_groups = _chunking.row_groups(rx)
 
     def zeros_if(flag, like, dtype=dtype):  # zeros_like keeps the sharding
         return jnp.zeros_like(like, dtype=dtype) if flag else None
@@ -144,18 +125,24 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
     # every chunk: accumulated in float32 (one [H, V] float32 buffer per head).
     acc0 = {
         "x": zeros_if(need_x, x, x.dtype),
-        "w": _kernel_grad_zeros(x, w, groups, dtype) if need_w else None,
+        "w": _chunking.kernel_grad_zeros(x, w, groups, dtype) if need_w else None,
         "rx": zeros_if(need_rx, rx, rx.dtype),
-        "rw": _kernel_grad_zeros(rx, rw, ref_groups, dtype) if need_rw else None,
+        "rw": _chunking.kernel_grad_zeros(rx, rw, ref_groups, dtype)
+        if need_rw
+        else None,
         "t": zeros_if(need_t, t),
     }
     mm = _matmul_dtype(x, w)
     ref_mm = _matmul_dtype(rx, rw)
 
     def step(acc, k):
-        xc, rxc, gc = _chunk(x, k), _chunk(rx, k), _chunk(weights, k)
-        z = _dot(xc, w, 1, 0, dtype)
-        rz = _dot(rxc, rw, 1, 0, dtype)
+        xc, rxc, gc = (
+            _chunking.chunk(x, k),
+            _chunking.chunk(rx, k),
+            _chunking.chunk(weights, k),
+        )
+        z = _chunking.dot(xc, w, 1, 0, dtype)
+        rz = _chunking.dot(rxc, rw, 1, 0, dtype)
         values, dz, drz, dt = _chunk_grads(
             kind, has_t, need_t, z, rz, t, beta, gc.astype(dtype)
         )
@@ -164,63 +151,25 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
         dz, drz = dz.astype(mm), drz.astype(ref_mm)
         acc = dict(acc)
         if need_x:  # dx = dz · wᵀ, written into the chunk's rows
-            dx = _dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
+            dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
             acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
         if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
-            acc["w"] = acc["w"] + _kernel_grad(xc, dz, groups, dtype, like=w)
+            acc["w"] = acc["w"] + _chunking.kernel_grad(xc, dz, groups, dtype, like=w)
         if need_rx:
-            drx = _dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
+            drx = _chunking.dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
             acc["rx"] = lax.dynamic_update_index_in_dim(acc["rx"], drx, k, axis=1)
         if need_rw:
-            acc["rw"] = acc["rw"] + _kernel_grad(rxc, drz, ref_groups, dtype, like=rw)
+            acc["rw"] = acc["rw"] + _chunking.kernel_grad(
+                rxc, drz, ref_groups, dtype, like=rw
+            )
         if need_t:
             acc["t"] = acc["t"] + dt
         return acc, values
 
     acc, values = lax.scan(step, acc0, jnp.arange(n_chunks))
-    dw = _sum_groups(acc["w"], groups)
-    drw = _sum_groups(acc["rw"], ref_groups)
+    dw = _chunking.sum_groups(acc["w"], groups)
+    drw = _chunking.sum_groups(acc["rw"], ref_groups)
     return values, (acc["x"], dw, acc["rx"], drw, acc["t"])
-
-
-# Weight gradients under explicitly sharded rows: xᵀ · dz sums over the rows of
-# a chunk, which live on different devices. Summing them inside the loop would
-# all-reduce an [H, V] partial sum for every chunk; instead each row shard keeps
-# its own partial sum ([shards, H, V], one slice per device) and they are added
-# once, after the loop.
-
-
-def _row_groups(chunked) -> int:
-    """Explicit shard count of the rows of a [C, n_chunks, H] array (1 when
-    unsharded, automatically sharded, or not dividing C)."""
-    _, shards = _position_sharding(chunked)
-    return shards if shards > 1 and chunked.shape[0] % shards == 0 else 1
-
-
-def _kernel_grad_zeros(chunked, kernel, groups: int, dtype):
-    if groups == 1:
-        return jnp.zeros_like(kernel, dtype=dtype)
-    rows = jax.typeof(chunked).sharding
-    cols = tuple(jax.typeof(kernel).sharding.spec)
-    cols += (None,) * (kernel.ndim - len(cols))
-    spec = jax.sharding.PartitionSpec(tuple(rows.spec)[0], *cols)
-    sharding = jax.sharding.NamedSharding(rows.mesh, spec)
-    return jnp.zeros((groups,) + kernel.shape, dtype, out_sharding=sharding)
-
-
-def _kernel_grad(rows, d, groups: int, dtype, like):
-    """rowsᵀ · d [H, V], or its per-row-shard partial sums [groups, H, V]."""
-    if groups == 1:
-        return _dot(rows, d, 0, 0, dtype, like=like)
-    c = rows.shape[0]
-    rows = rows.reshape(groups, c // groups, rows.shape[1])
-    d = d.reshape(groups, c // groups, d.shape[1])
-    dims = (((1,), (1,)), ((0,), (0,)))
-    return lax.dot_general(rows, d, dims, preferred_element_type=dtype)
-
-
-def _sum_groups(acc, groups: int):
-    return acc if acc is None or groups == 1 else jnp.sum(acc, axis=0)
 
 
 def _cast_grads(cfg, grads):
@@ -312,60 +261,6 @@ _fused_values.defvjp(_fused_values_fwd, _fused_values_bwd)
 # ----------------------------------------------------------------------------
 
 
-def _position_sharding(x) -> tuple[list[int], int]:
-    """The position axes of ``x`` that are explicitly sharded, and into how many
-    shards in all (([], 1) when unsharded or under automatic sharding, where
-    the sharding is XLA's to choose and unknown at trace time)."""
-    sharding = jax.typeof(x).sharding
-    spec = getattr(sharding, "spec", None)
-    if spec is None:
-        return [], 1
-    sizes = dict(getattr(sharding.mesh, "shape", {}))
-    axes, shards = [], 1
-    for axis, entry in enumerate(tuple(spec)[: x.ndim - 1]):
-        names = [n for n in (entry if isinstance(entry, tuple) else (entry,)) if n]
-        if names:
-            axes.append(axis)
-            shards *= math.prod(sizes.get(name, 1) for name in names)
-    return axes, shards
-
-
-def _twos(k: int) -> int:
-    """The exponent of 2 in ``k`` (how many times it halves evenly)."""
-    return (k & -k).bit_length() - 1 if k else 0
-
-
-def _plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
-    """(number of chunks, rows per chunk), rows ≤ ``chunk_size``.
-
-    Prefers a number of chunks that divides the rows of each shard (no padding,
-    and every chunk splits evenly over the shards) as long as chunks keep at
-    least half of ``chunk_size`` rows. When the sharding is not known at trace
-    time (``shards == 1``: unsharded or automatic sharding), chunks whose row
-    count has the most factors of 2 are preferred, so that they split evenly
-    over power-of-two device counts. Otherwise pads fewer than n_chunks rows;
-    explicitly sharded rows cannot be padded and take smaller chunks instead
-    (at least one row per shard, so more than ``chunk_size`` rows when
-    ``chunk_size`` < shards).
-    """
-    fewest = max(1, -(-n // chunk_size))
-    if n % shards == 0:
-        per_shard = n // shards
-        candidates = [k for k in range(fewest, 2 * fewest + 1) if per_shard % k == 0]
-        if candidates:
-            if shards == 1:
-                best = max(_twos(n // k) for k in candidates)
-                candidates = [k for k in candidates if _twos(n // k) == best]
-            return candidates[0], n // candidates[0]
-        if shards > 1:
-            smaller = (
-                k for k in range(2 * fewest + 1, per_shard) if per_shard % k == 0
-            )
-            k = next(smaller, per_shard)
-            return k, n // k
-    return fewest, max(1, -(-n // fewest))
-
-
 def _check_heads(x, w, ref_x, ref_w, chunk_size):
     x = u.check_floating("x", x)
     w = u.check_floating("w", w)
@@ -399,33 +294,6 @@ def _check_heads(x, w, ref_x, ref_w, chunk_size):
     return x, w, ref_x, ref_w
 
 
-# The float32 logits of one chunk take at most this fraction of the memory of the
-# trained head's kernel, and at least _MIN_CHUNK_ELEMENTS elements (16 MiB).
-_KERNEL_FRACTION = 8
-_MIN_CHUNK_ELEMENTS = 2**22
-
-
-def _default_chunk_size(w) -> int:
-    """Rows per chunk for ``chunk_size=None``, from the kernel [H, V].
-
-    One chunk's float32 logits [C, V] take an eighth of the kernel's own memory
-    (C = H · itemsize / 8, so 1,024 rows for a bf16 H = 4,096 head and 2,048 for
-    a float32 one: about as many as Liger's V/H rule at 32k positions), or 16
-    MiB for a small head, where more rows cost nothing. The forward and backward
-    pass hold a few such buffers at once.
-    """
-    hidden, vocab = w.shape
-    by_kernel = hidden * jnp.dtype(w.dtype).itemsize // _KERNEL_FRACTION
-    return max(1, by_kernel, _MIN_CHUNK_ELEMENTS // max(vocab, 1))
-
-
-def _to_chunks(a, n: int, n_chunks: int, c: int):
-    """[n, ...] -> [C, n_chunks, ...] with zero padding: chunk k holds rows
-    k, k + n_chunks, ... (strided, so a sharded row axis stays sharded)."""
-    a = jnp.pad(a, [(0, n_chunks * c - n)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((c, n_chunks) + a.shape[1:])
-
-
 @functools.partial(
     jax.jit, static_argnames=("kind", "reduction", "chunk_size", "method")
 )
@@ -433,27 +301,11 @@ def _fused_impl(
     x, w, ref_x, ref_w, temperature, beta, where, *, kind, reduction, chunk_size, method
 ):
     dtype = u.compute_dtype(x, w, ref_x, ref_w)
-    positions = x.shape[:-1]
-    n = math.prod(positions)
-    mask = u.broadcast_where(where, positions)
-    sharded_axes, shards = _position_sharding(x)
-    if chunk_size is None:
-        chunk_size = _default_chunk_size(w)
-    n_chunks, c = _plan(n, chunk_size, shards)
-
-    # Explicitly sharded position axes go first, so that flattening the
-    # positions keeps one contiguous block of rows per shard.
-    order = sharded_axes + [i for i in range(len(positions)) if i not in sharded_axes]
-    if order != sorted(order):
-        x = jnp.transpose(x, order + [len(positions)])
-        ref_x = jnp.transpose(ref_x, order + [len(positions)])
-    flat_mask = None if mask is None else jnp.transpose(mask, order).reshape(n)
-    hidden = u.sanitize(x.reshape(n, x.shape[-1]), flat_mask)
-    ref_hidden = u.sanitize(ref_x.reshape(n, ref_x.shape[-1]), flat_mask)
-    xs = _to_chunks(hidden, n, n_chunks, c)
-    rxs = _to_chunks(ref_hidden, n, n_chunks, c)
-    valid = jnp.ones((n,), bool) if flat_mask is None else flat_mask
-    valid = _to_chunks(valid, n, n_chunks, c)
+    lay = _chunking.layout(x, w, chunk_size)
+    mask = u.broadcast_where(where, lay.positions)
+    xs = lay.chunked(u.sanitize(x, mask))
+    rxs = lay.chunked(u.sanitize(ref_x, mask))
+    valid = lay.chunked(jnp.ones(lay.positions, bool) if mask is None else mask)
 
     has_t = temperature is not None
     t = jnp.asarray(temperature if has_t else 1.0, dtype)
@@ -464,13 +316,11 @@ def _fused_impl(
         total = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, valid)
         if reduction == "sum":
             return total
-        count = n if mask is None else jnp.sum(mask, dtype=dtype)
+        count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
         return total / jnp.maximum(jnp.asarray(count, dtype), 1)
 
     values = _fused_values(cfg, xs, w, rxs, ref_w, t, beta)  # [n_chunks, C]
-    values = values.T.reshape(n_chunks * c)[:n]
-    values = values.reshape(tuple(positions[i] for i in order))
-    values = jnp.transpose(values, [order.index(i) for i in range(len(positions))])
+    values = lay.unchunked(values)
     return u.reduce(values, reduction, mask)
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxpenalties as jp
-from jaxpenalties.fused import _fused_impl, _plan
+from jaxpenalties._chunking import plan as _plan
+from jaxpenalties.fused import _fused_impl
 
 H, HR, V = 16, 12, 96
 
@@ -476,7 +477,7 @@ def test_bf16_head_gradient_holds_no_float32_copy_of_the_kernel(argnums):
 
 
 def test_default_chunk_size_follows_the_kernel_budget():
-    from jaxpenalties.fused import _default_chunk_size
+    from jaxpenalties._chunking import default_chunk_size as _default_chunk_size
 
     def kernel(h, v, dtype):
         return jax.ShapeDtypeStruct((h, v), dtype)
