@@ -40,9 +40,11 @@ all-reduce instead of one per chunk).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxpenalties import _chunking, _kernels
@@ -52,6 +54,15 @@ from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
 # ----------------------------------------------------------------------------
 # Per-chunk math
 # ----------------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+    """Static facts of one fused call (hashable: a ``nondiff_argnums`` key)."""
+
+    kind: str  # "forward", "reverse", "symmetric" or "js"
+    has_t: bool  # a temperature applies
+    dtypes: tuple  # of x, w, ref_x, ref_w, t: the gradients' dtypes
+    smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
 
 
 def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
@@ -86,32 +97,63 @@ def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
     return values, dz, drz, None
 
 
+def _cross_entropy(z, labels, smoothing):
+    """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
+    smoothing ε, and its gradient w.r.t. z but for the label term:
+    CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
+    """
+    # Row statistics only ([C, 1]); every [C, V] expression below reads z
+    # directly, so each fuses into its consumer instead of being stored.
+    top = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    lse = top + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True))
+    z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)
+    ce = (1 - smoothing) * (lse - z_y) + smoothing * (
+        lse - jnp.mean(z, axis=-1, keepdims=True)
+    )
+    # ∂/∂z without the label term, which the caller scatters in (no [C, V]
+    # one-hot: a compare-and-select over the chunk costs XLA:CPU its fusion).
+    return ce[:, 0], jnp.exp(z - lse) - smoothing / z.shape[-1]
+
+
+def _add_label_term(dz, labels, scale):
+    """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
+    rows = jnp.arange(dz.shape[0])
+    return dz.at[rows, labels].add(-scale)
+
+
 def _matmul_dtype(*arrays):
     """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
     accumulated in float32), as a bf16 matmul's autodiff does."""
     return jnp.result_type(*arrays)
 
 
-def _value_scan(cfg, x, w, rx, rw, t, beta):
-    """Per-position values [n_chunks, C]; ``x`` is [C, n_chunks, H]."""
-    kind, has_t, _ = cfg
+def _value_scan(cfg, x, w, rx, rw, t, beta, hard=None):
+    """Per-position values [n_chunks, C] (and the cross-entropies at the hard
+    labels, when ``hard`` is given); ``x`` is [C, n_chunks, H]."""
+    kind, has_t = cfg.kind, cfg.has_t
     dtype = t.dtype
 
     def step(carry, k):
         z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
         rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
-        return carry, _chunk_values(kind, has_t, z, rz, t, beta)
+        values = _chunk_values(kind, has_t, z, rz, t, beta)
+        if hard is None:
+            return carry, values
+        ce, _ = _cross_entropy(z, _chunking.chunk(hard[0], k), cfg.smoothing)
+        return carry, (values, ce)
 
     _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
     return values
 
 
-def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
+def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need, hard=None):
     """One pass over the chunks: per-position values [n_chunks, C] and the
     gradients of Σ weights · values (``weights`` laid out like ``x``, [C,
     n_chunks]) w.r.t. the inputs flagged in ``need`` (x, w, ref_x, ref_w, t), in
-    the compute dtype (None where not needed)."""
-    kind, has_t, _ = cfg
+    the compute dtype (None where not needed). With ``hard = (labels,
+    ce_weights)`` the objective also has Σ ce_weights · CE(labels),
+    from the same student logits, and the values are (divergences, CEs)."""
+    kind, has_t = cfg.kind, cfg.has_t
     need_x, need_w, need_rx, need_rw, need_t = need
     dtype = t.dtype
     n_chunks = x.shape[1]
@@ -146,6 +188,14 @@ def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need):
         values, dz, drz, dt = _chunk_grads(
             kind, has_t, need_t, z, rz, t, beta, gc.astype(dtype)
         )
+        if hard is not None:
+            labels, ce_weights = hard
+            labels_k = _chunking.chunk(labels, k)
+            ce, dce = _cross_entropy(z, labels_k, cfg.smoothing)
+            hw = _chunking.chunk(ce_weights, k).astype(dtype)
+            dz = dz + hw[:, None] * dce
+            dz = _add_label_term(dz, labels_k, hw * (1 - cfg.smoothing))
+            values = (values, ce)
         # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
         # head: never a float32 copy of w) and accumulate in float32.
         dz, drz = dz.astype(mm), drz.astype(ref_mm)
@@ -176,7 +226,7 @@ def _cast_grads(cfg, grads):
     """Casts the compute-dtype gradients to the primal dtypes."""
     return tuple(
         None if d is None else d.astype(dtype)
-        for d, dtype in zip(grads, cfg[2], strict=True)
+        for d, dtype in zip(grads, cfg.dtypes, strict=True)
     )
 
 
@@ -201,26 +251,44 @@ def _is_zero(ct) -> bool:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _fused_total(cfg, x, w, rx, rw, t, beta, mask):
-    """Σ of the per-position divergence over positions where ``mask`` holds."""
-    return u.reduce(_value_scan(cfg, x, w, rx, rw, t, beta).T, "sum", mask)
+def _fused_total(cfg, x, w, rx, rw, t, beta, weights, hard):
+    """Σ weights · divergence (+ Σ ce_weights · CE with ``hard``), and the
+    per-position values [n_chunks, C] as metrics (zero tangent)."""
+    values = _value_scan(cfg, x, w, rx, rw, t, beta, hard)
+    return _objective(values, weights, hard), values
+
+
+def _objective(values, weights, hard):
+    if hard is None:
+        return jnp.sum(weights.T * values)
+    div, ce = values
+    return jnp.sum(weights.T * div) + jnp.sum(hard[1].T * ce)
 
 
 def _fused_total_jvp(cfg, primals, tangents):
-    x, w, rx, rw, t, beta, mask = primals
+    x, w, rx, rw, t, beta, weights, hard = primals
     diff = tangents[:5]
     need = tuple(not _is_zero(d) for d in diff)
     if not any(need):
-        return _fused_total(cfg, *primals), jnp.zeros((), t.dtype)
-    weights = mask.astype(t.dtype)
-    values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need)
-    total = u.reduce(values.T, "sum", mask)
+        values = _value_scan(cfg, x, w, rx, rw, t, beta, hard)
+    else:
+        values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need, hard)
+    total = _objective(values, weights, hard)
     tangent = jnp.zeros((), t.dtype)
-    for g, d in zip(grads, diff, strict=True):
-        if g is not None:
-            # Σ g · d, elementwise then summed (also over sharded axes).
-            tangent = tangent + jnp.sum(g * d.astype(g.dtype))
-    return total, tangent
+    if any(need):
+        for g, d in zip(grads, diff, strict=True):
+            if g is not None:
+                # Σ g · d, elementwise then summed (also over sharded axes).
+                tangent = tangent + jnp.sum(g * d.astype(g.dtype))
+    # The objective is linear in the weights (traced soft / hard weights).
+    d_weights, d_hard = tangents[6], tangents[7]
+    if not _is_zero(d_weights):
+        div = values if hard is None else values[0]
+        tangent = tangent + jnp.sum(d_weights.T * div)
+    if hard is not None and not _is_zero(d_hard[1]):
+        tangent = tangent + jnp.sum(d_hard[1].T * values[1])
+    zeros = jax.tree.map(jnp.zeros_like, values)
+    return (total, values), (tangent, zeros)
 
 
 _fused_total.defjvp(_fused_total_jvp, symbolic_zeros=True)
@@ -248,7 +316,7 @@ def _fused_values_fwd(cfg, x, w, rx, rw, t, beta):
 
 
 def _fused_values_bwd(cfg, args, g):
-    has_t = cfg[1]
+    has_t = cfg.has_t
     _, grads = _grad_scan(cfg, *args, g.T, (True, True, True, True, has_t))
     return _cast_grads(cfg, grads) + (None,)
 
@@ -294,26 +362,113 @@ def _check_heads(x, w, ref_x, ref_w, chunk_size):
     return x, w, ref_x, ref_w
 
 
+def _check_hard(
+    labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
+) -> dict:
+    """Validates the hard-label options; {} when ``labels`` is None."""
+    if labels is None:
+        return {}
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"Expected `labels` to be an integer array, got dtype {labels.dtype}."
+        )
+    if labels.shape != x.shape[:-1]:
+        raise ValueError(
+            "Expected `labels` to have the position shape of `x` "
+            f"{x.shape[:-1]}, got shape {labels.shape}."
+        )
+    u.check_int("ignore_index", ignore_index)
+    if reduction == "none":
+        raise ValueError(
+            "With `labels`, `reduction` must be 'mean' or 'sum' (the two parts "
+            "are reported in the metrics); got 'none'."
+        )
+    u.check_static("label_smoothing", label_smoothing)
+    smoothing = u.check_scalar(
+        "label_smoothing", label_smoothing, low=0.0, high=1.0, open_high=True
+    )
+    vocab = w.shape[1]
+    if not isinstance(labels, jax.core.Tracer):  # concrete: check the range
+        values = np.asarray(labels)
+        bad = (values != ignore_index) & ((values < 0) | (values >= vocab))
+        if bad.any():
+            raise ValueError(
+                f"Expected `labels` in [0, {vocab}) or `ignore_index` "
+                f"({ignore_index}), got {values[bad].ravel()[:5].tolist()}."
+            )
+    return {
+        "labels": labels,
+        "soft_weight": u.check_scalar("soft_weight", soft_weight, low=0.0),
+        "hard_weight": u.check_scalar("hard_weight", hard_weight, low=0.0),
+        "ignore_index": ignore_index,
+        "label_smoothing": smoothing,
+    }
+
+
 @functools.partial(
-    jax.jit, static_argnames=("kind", "reduction", "chunk_size", "method")
+    jax.jit,
+    static_argnames=(
+        "kind",
+        "reduction",
+        "chunk_size",
+        "method",
+        "ignore_index",
+        "label_smoothing",
+    ),
 )
 def _fused_impl(
-    x, w, ref_x, ref_w, temperature, beta, where, *, kind, reduction, chunk_size, method
+    x,
+    w,
+    ref_x,
+    ref_w,
+    temperature,
+    beta,
+    where,
+    labels=None,
+    soft_weight=None,
+    hard_weight=None,
+    *,
+    kind,
+    reduction,
+    chunk_size,
+    method,
+    ignore_index=-100,
+    label_smoothing=0.0,
 ):
     dtype = u.compute_dtype(x, w, ref_x, ref_w)
     lay = _chunking.layout(x, w, chunk_size)
     mask = u.broadcast_where(where, lay.positions)
     xs = lay.chunked(u.sanitize(x, mask))
     rxs = lay.chunked(u.sanitize(ref_x, mask))
-    valid = lay.chunked(jnp.ones(lay.positions, bool) if mask is None else mask)
+    valid = jnp.ones(lay.positions, bool) if mask is None else mask
 
     has_t = temperature is not None
     t = jnp.asarray(temperature if has_t else 1.0, dtype)
     beta = jnp.asarray(0.5 if beta is None else beta, dtype)
-    cfg = (kind, has_t, (x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype))
+    dtypes = (x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype)
+    cfg = _Config(kind, has_t, dtypes, label_smoothing)
 
+    if labels is not None:
+        return _distill(
+            cfg,
+            lay,
+            xs,
+            w,
+            rxs,
+            ref_w,
+            t,
+            beta,
+            valid,
+            labels,
+            soft_weight,
+            hard_weight,
+            ignore_index,
+            reduction,
+        )
     if method == "precompute" and reduction != "none":
-        total = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, valid)
+        weights = lay.chunked(valid).astype(dtype)
+        total, _ = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, weights, None)
         if reduction == "sum":
             return total
         count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
@@ -322,6 +477,43 @@ def _fused_impl(
     values = _fused_values(cfg, xs, w, rxs, ref_w, t, beta)  # [n_chunks, C]
     values = lay.unchunked(values)
     return u.reduce(values, reduction, mask)
+
+
+def _distill(
+    cfg,
+    lay,
+    xs,
+    w,
+    rxs,
+    ref_w,
+    t,
+    beta,
+    valid,
+    labels,
+    soft_weight,
+    hard_weight,
+    ignore_index,
+    reduction,
+):
+    """soft · divergence + hard · CE(labels) in one pass, and both parts."""
+    dtype = t.dtype
+    kept = valid & (labels != ignore_index)
+    if reduction == "mean":
+        soft_scale = soft_weight / jnp.maximum(jnp.sum(valid, dtype=dtype), 1)
+        hard_scale = hard_weight / jnp.maximum(jnp.sum(kept, dtype=dtype), 1)
+    else:
+        soft_scale, hard_scale = soft_weight, hard_weight
+    weights = lay.chunked(valid).astype(dtype) * soft_scale
+    ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
+    safe_labels = jnp.where(kept, labels, 0).astype(jnp.int32)
+    hard = (lay.chunked(safe_labels), ce_weights)
+    total, (div, ce) = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, weights, hard)
+    div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
+    metrics = {
+        "divergence": u.reduce(div, reduction, valid),
+        "cross_entropy": u.reduce(ce, reduction, kept),
+    }
+    return total, metrics
 
 
 # ----------------------------------------------------------------------------
@@ -341,7 +533,12 @@ def fused_linear_kl_divergence(
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
     chunk_size: int | None = None,
-) -> jax.Array:
+    labels: jax.typing.ArrayLike | None = None,
+    ignore_index: int = -100,
+    soft_weight: float | jax.typing.ArrayLike = 1.0,
+    hard_weight: float | jax.typing.ArrayLike = 1.0,
+    label_smoothing: float = 0.0,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""KL divergence between two linear heads, without materialising the logits.
 
     .. math::
@@ -408,6 +605,9 @@ def fused_linear_kl_divergence(
     u.check_bool("symmetric", symmetric)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
+    hard = _check_hard(
+        labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
+    )
     temperature = _check_temperature(temperature)
     return _fused_impl(
         x,
@@ -421,6 +621,7 @@ def fused_linear_kl_divergence(
         reduction=reduction,
         chunk_size=chunk_size,
         method="precompute",
+        **hard,
     )
 
 
@@ -435,7 +636,12 @@ def fused_linear_js_divergence(
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
     chunk_size: int | None = None,
-) -> jax.Array:
+    labels: jax.typing.ArrayLike | None = None,
+    ignore_index: int = -100,
+    soft_weight: float | jax.typing.ArrayLike = 1.0,
+    hard_weight: float | jax.typing.ArrayLike = 1.0,
+    label_smoothing: float = 0.0,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
     .. math::
@@ -486,6 +692,9 @@ def fused_linear_js_divergence(
     beta = _check_beta(beta)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
+    hard = _check_hard(
+        labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
+    )
     temperature = _check_temperature(temperature)
     return _fused_impl(
         x,
@@ -499,4 +708,5 @@ def fused_linear_js_divergence(
         reduction=reduction,
         chunk_size=chunk_size,
         method="precompute",
+        **hard,
     )
