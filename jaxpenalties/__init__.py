@@ -27,6 +27,9 @@ from jaxpenalties.penalties import l1 as l1
 from jaxpenalties.penalties import l2 as l2
 from jaxpenalties.regularize import Penalty as Penalty
 from jaxpenalties.regularize import regularize as regularize
+from jaxpenalties.token_logprobs import (
+    fused_linear_token_logprobs as fused_linear_token_logprobs,
+)
 from jaxpenalties.transforms import add_elastic_net_decay as add_elastic_net_decay
 from jaxpenalties.transforms import add_l1_decay as add_l1_decay
 from jaxpenalties.transforms import add_penalty_gradient as add_penalty_gradient
@@ -45,6 +48,7 @@ __all__ = [
     "entropy",
     "fused_linear_js_divergence",
     "fused_linear_kl_divergence",
+    "fused_linear_token_logprobs",
     "gradient_penalty",
     "interpolated_gradient_penalty",
     "js_divergence",

@@ -1,0 +1,212 @@
+"""Sampled-token log-probabilities from hidden states (RL at 128k vocabularies).
+
+``fused_linear_token_logprobs`` gives log π(y_t) = log_softmax(x_t W / T)[y_t] (and,
+optionally, the entropy H_t of each position's distribution) without forming the
+[positions, V] logits: positions go through one ``lax.scan`` in chunks (the same
+layout as the fused divergences), and the backward pass recomputes each chunk's
+logits. A GRPO / PPO step gets the policy's and the reference's sampled-token
+log-probs this way, then the ratio objective and :func:`kl_estimate`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpenalties import _chunking, _kernels
+from jaxpenalties import _utils as u
+from jaxpenalties.divergences import _check_temperature
+
+
+def _chunk_stats(z, tokens, t):
+    """Shifted tempered logits s, their log-normaliser, log p(y) and H [C]."""
+    s = _kernels.shifted(z, t)
+    lse = jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
+    s_y = jnp.take_along_axis(s, tokens[:, None], axis=-1)
+    p = jnp.exp(s - lse)
+    # H = −Σ p (s − lse) = lse − Σ p s; entries at s = −inf carry p = 0.
+    entropy = lse - jnp.sum(p * _kernels.finite(s), axis=-1, keepdims=True)
+    return s, lse, (s_y - lse)[:, 0], entropy[:, 0]
+
+
+def _value_scan(xs, w, tokens, t):
+    dtype = u.compute_dtype(xs, w)
+
+    def step(carry, k):
+        z = _chunking.dot(_chunking.chunk(xs, k), w, 1, 0, dtype)
+        _, _, logp, entropy = _chunk_stats(z, _chunking.chunk(tokens, k), t)
+        return carry, (logp, entropy)
+
+    _, out = lax.scan(step, None, jnp.arange(xs.shape[1]))
+    return out
+
+
+@jax.custom_vjp
+def _token_logprobs(xs, w, tokens, t):
+    """(log p(y), H), each [n_chunks, C]; ``xs`` is [C, n_chunks, H]."""
+    return _value_scan(xs, w, tokens, t)
+
+
+def _fwd(xs, w, tokens, t):
+    return _value_scan(xs, w, tokens, t), (xs, w, tokens, t)
+
+
+def _bwd(res, g):
+    """Recomputes each chunk's logits. With a = s − lse, p = e^a:
+    ∂ log p(y) / ∂s = e_y − p and ∂H / ∂s = −p (a + H); then s = (z − max) / T.
+    Gradients nobody asked for are dead code that XLA removes."""
+    xs, w, tokens, t = res
+    g_logp, g_entropy = g
+    dtype = u.compute_dtype(xs, w)
+    mm = jnp.result_type(xs, w)
+
+    def step(acc, k):
+        xc, tok = _chunking.chunk(xs, k), _chunking.chunk(tokens, k)
+        z = _chunking.dot(xc, w, 1, 0, dtype)
+        s, lse, _, entropy = _chunk_stats(z, tok, t)
+        gl = g_logp[k][:, None].astype(dtype)
+        gh = g_entropy[k][:, None].astype(dtype)
+        p = jnp.exp(s - lse)
+        a = _kernels.finite(s - lse)
+        ds = -p * (gl + gh * (a + entropy[:, None]))
+        ds = ds.at[jnp.arange(ds.shape[0]), tok].add(gl[:, 0])
+        dz = ds if t is None else ds / t
+        dt = None if t is None else -jnp.sum(ds * _kernels.finite(s)) / t
+        dz = dz.astype(mm)
+        dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(xs.dtype)
+        acc = dict(acc)
+        acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
+        acc["w"] = acc["w"] + _chunking.dot(xc, dz, 0, 0, dtype, like=w)
+        if t is not None:
+            acc["t"] = acc["t"] + dt
+        return acc, None
+
+    acc0 = {"x": jnp.zeros_like(xs), "w": jnp.zeros_like(w, dtype=dtype)}
+    if t is not None:
+        acc0["t"] = jnp.zeros_like(t)
+    acc, _ = lax.scan(step, acc0, jnp.arange(xs.shape[1]))
+    dt = None if t is None else acc["t"].astype(t.dtype)
+    return acc["x"], acc["w"].astype(w.dtype), None, dt
+
+
+_token_logprobs.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "entropy"))
+def _impl(x, w, tokens, temperature, where, *, chunk_size, entropy):
+    dtype = u.compute_dtype(x, w)
+    lay = _chunking.layout(x, w, chunk_size)
+    mask = u.broadcast_where(where, lay.positions)
+    xs = lay.chunked(u.sanitize(x, mask))
+    vocab = w.shape[1]
+    safe = jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32)
+    if mask is not None:
+        safe = jnp.where(mask, safe, 0)
+    t = None if temperature is None else jnp.asarray(temperature, dtype)
+    logp, ent = _token_logprobs(xs, w, lay.chunked(safe), t)
+    logp, ent = lay.unchunked(logp), lay.unchunked(ent)
+    if mask is not None:
+        logp = jnp.where(mask, logp, jnp.zeros((), logp.dtype))
+        ent = jnp.where(mask, ent, jnp.zeros((), ent.dtype))
+    return (logp, ent) if entropy else logp
+
+
+def fused_linear_token_logprobs(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    tokens: jax.typing.ArrayLike,
+    *,
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    where: jax.typing.ArrayLike | None = None,
+    chunk_size: int | None = None,
+    entropy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Log-probabilities of given tokens under a linear head, chunked.
+
+    .. math::
+
+        \log \pi(y_t) = \big[\mathrm{log\_softmax}(x_t W / T)\big]_{y_t}, \qquad
+        H_t = -\sum_v \pi_v(t) \log \pi_v(t)
+
+    Equal to ``jnp.take_along_axis(jax.nn.log_softmax(x @ w / T), tokens[...,
+    None], -1)[..., 0]`` in value and gradient, but positions are processed
+    ``chunk_size`` rows at a time, forward and backward (which recomputes each
+    chunk's logits), so the extra memory is O(chunk_size · V). Matmuls
+    accumulate in float32; a bf16 head stays bf16 in the backward matmuls.
+    Gradients flow to ``x``, ``w`` and an array ``temperature`` (reverse mode).
+
+    Args:
+      x: hidden states [..., H].
+      w: the head kernel [H, V] (flax ``Dense`` layout).
+      tokens: integer token ids, shape ``x.shape[:-1]``. Ids outside [0, V)
+        can only be checked when concrete; under ``jit`` they are clipped.
+      temperature: divides the logits (a Python float or a scalar array, which
+        never recompiles); 1 gives the untempered log-probs.
+      where: optional boolean mask broadcastable to ``x.shape[:-1]``; masked
+        positions give 0 and get zero gradient, and may hold garbage.
+      chunk_size: positions whose logits exist at once, or None for the
+        memory budget of :func:`fused_linear_kl_divergence`. Static.
+      entropy: also return the per-position entropy H_t (e.g. an entropy bonus
+        for RL) from the same pass. Static.
+
+    Returns:
+      float32 log-probs of shape ``x.shape[:-1]`` (float64 for float64 inputs),
+      or ``(logprobs, entropy)`` with ``entropy=True``.
+
+    Raises:
+      ValueError: mismatched shapes, a non-positive ``chunk_size``, a bad
+        temperature, or concrete token ids outside [0, V).
+      TypeError: floating ``tokens``, integer ``x``/``w``, traced static options.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxpenalties as jp
+      >>> kx, kw, kt = jax.random.split(jax.random.key(0), 3)
+      >>> x, w = jax.random.normal(kx, (2, 5, 8)), jax.random.normal(kw, (8, 50))
+      >>> tokens = jax.random.randint(kt, (2, 5), 0, 50)
+      >>> lp = jp.fused_linear_token_logprobs(x, w, tokens, chunk_size=4)
+      >>> want = jnp.take_along_axis(jax.nn.log_softmax(x @ w), tokens[..., None],
+      ...                            -1)[..., 0]
+      >>> bool(jnp.allclose(lp, want, atol=1e-5))
+      True
+
+    References:
+      Shao et al., DeepSeekMath: Pushing the Limits of Mathematical Reasoning
+      in Open Language Models (GRPO), 2024. Hsu et al., Liger Kernel: Efficient
+      Triton Kernels for LLM Training, 2024.
+    """
+    x = u.check_floating("x", x)
+    w = u.check_floating("w", w)
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(
+            f"Expected `tokens` to be an integer array, got dtype {tokens.dtype}."
+        )
+    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            "Expected `x` [..., H] and a 2-D kernel `w` [H, V], got shapes "
+            f"{x.shape} and {w.shape}."
+        )
+    if tokens.shape != x.shape[:-1]:
+        raise ValueError(
+            f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
+            f"got shape {tokens.shape}."
+        )
+    if not isinstance(tokens, jax.core.Tracer):
+        bad = (tokens < 0) | (tokens >= w.shape[1])
+        if where is not None and not isinstance(where, jax.core.Tracer):
+            bad = bad & jnp.broadcast_to(jnp.asarray(where), bad.shape)
+        if bool(jnp.any(bad)):
+            raise ValueError(
+                f"Expected `tokens` in [0, {w.shape[1]}), got "
+                f"{tokens[bad].ravel()[:5].tolist()}."
+            )
+    if chunk_size is not None:
+        u.check_int("chunk_size", chunk_size, minimum=1)
+    u.check_bool("entropy", entropy)
+    temperature = _check_temperature(temperature)
+    return _impl(
+        x, w, tokens, temperature, where, chunk_size=chunk_size, entropy=entropy
+    )
