@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxpenalties import _chunking, _kernels
@@ -194,14 +195,15 @@ def fused_linear_token_logprobs(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
             f"got shape {tokens.shape}."
         )
-    if not isinstance(tokens, jax.core.Tracer):
-        bad = (tokens < 0) | (tokens >= w.shape[1])
+    if not isinstance(tokens, jax.core.Tracer):  # concrete: check the range
+        ids = np.asarray(tokens)
+        bad = (ids < 0) | (ids >= w.shape[1])
         if where is not None and not isinstance(where, jax.core.Tracer):
-            bad = bad & jnp.broadcast_to(jnp.asarray(where), bad.shape)
-        if bool(jnp.any(bad)):
+            bad = bad & np.broadcast_to(np.asarray(where), bad.shape)
+        if bad.any():
             raise ValueError(
                 f"Expected `tokens` in [0, {w.shape[1]}), got "
-                f"{tokens[bad].ravel()[:5].tolist()}."
+                f"{ids[bad].ravel()[:5].tolist()}."
             )
     if chunk_size is not None:
         u.check_int("chunk_size", chunk_size, minimum=1)

@@ -54,6 +54,9 @@ def _fused_inputs(key, dtype):
     )
 
 
+_TOKENS = jnp.asarray(np.arange(10).reshape(2, 5) * 3 % 16)  # fused_inputs' V = 16
+
+
 def _critic(x):
     return jnp.sum(jnp.tanh(x) ** 2, axis=-1)
 
@@ -138,6 +141,21 @@ REGISTRY = {
     "fused_linear_js_divergence": (
         functools.partial(jp.fused_linear_js_divergence, chunk_size=4),
         _fused_inputs,
+    ),
+    "fused_linear_js_divergence_labels": (
+        lambda x, w, rx, rw: jp.fused_linear_js_divergence(
+            x, w, rx, rw, labels=_TOKENS, label_smoothing=0.1, chunk_size=4
+        )[0],
+        _fused_inputs,
+    ),
+    "fused_linear_token_logprobs_entropy": (
+        lambda x, w: sum(
+            jnp.sum(v)
+            for v in jp.fused_linear_token_logprobs(
+                x, w, _TOKENS, entropy=True, chunk_size=4
+            )
+        ),
+        lambda k, d: _fused_inputs(k, d)[:2],
     ),
 }
 

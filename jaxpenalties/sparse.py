@@ -1,0 +1,309 @@
+r"""KL and Jensen–Shannon divergences against a sparse top-k teacher.
+
+Distillation data often stores the teacher as its top-k log-probabilities per
+position: ``teacher_indices`` [..., k] (distinct vocabulary entries) and
+``teacher_logprobs`` [..., k] (their log-probabilities under the *full* teacher
+distribution, so their exps sum to at most 1). The student is dense,
+``student_logprobs`` [..., V] (already log-softmaxed). P is the student, Q the
+teacher, as in :func:`jaxpenalties.kl_divergence` (forward KL = KL(P‖Q)).
+
+``tail`` chooses what happens to the mass outside the k entries:
+
+* ``"renormalize"``: both sides are restricted to the k entries and
+  renormalised over them (softmax of the gathered student log-probs, softmax of
+  ``teacher_logprobs``); the divergence is over k entries. Each side needs some
+  mass there: a position whose k log-probs are all −inf on one side gives NaN.
+* ``"bucket"``: the remaining mass is one extra bucket on each side,
+  log(1 − Σ_k p) and log(1 − Σ_k q); the divergence is over k + 1 buckets. The
+  tail is computed in log space (``log1mexp`` of a log-sum-exp whose largest
+  term enters as ``expm1(0)``), so a tail far below float32 resolution of 1
+  (top-1 mass 1 − 1e-9) keeps its digits. Where the k entries hold all the mass
+  (or more, by rounding) the tail is exactly −inf, never NaN. The student's
+  tail comes from its k gathered log-probs (the student must be normalised),
+  so gradients reach those k entries only. With k = V no bucket is added: the
+  dense divergence of the inputs as given.
+
+``temperature`` T (``"renormalize"`` only) tempers the dense student,
+``log_softmax(student / T)``, before gathering, and the teacher's k entries,
+``log_softmax(teacher_logprobs / T)``. After renormalising over the k entries
+this equals tempering the gathered entries, so no [..., V] copy is made.
+``"bucket"`` needs T = 1: a tail cannot be tempered without its distribution.
+
+Indices must be distinct along the last axis (a duplicate would count its entry
+twice) and in [0, V). Concrete (not traced) indices are checked eagerly, at the
+positions a concrete ``where`` keeps; under ``jit`` an out-of-range index gives
+NaN at its position, never a silent number.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpenalties import _kernels
+from jaxpenalties import _utils as u
+from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
+
+TAILS = ("renormalize", "bucket")
+_LOG_HALF = float(np.log(0.5))
+
+
+def _log_mass(x):
+    """log Σ exp(x) over the last axis, keepdims; the largest entry's term is
+    ``expm1(0) = 0`` plus 1 outside, so mass near 1 keeps its digits. −inf for a
+    row of −inf. Exact gradients (softmax), also at ties."""
+    top = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    some = jnp.isfinite(top)
+    d = x - jnp.where(some, top, jnp.zeros((), x.dtype))
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    first = iota == jnp.argmax(x, axis=-1, keepdims=True)
+    rest = jnp.sum(jnp.where(first, jnp.expm1(d), jnp.exp(d)), -1, keepdims=True)
+    rest = jnp.where(some, rest, jnp.zeros((), x.dtype))
+    return jnp.where(some, top + jnp.log1p(rest), -jnp.inf)
+
+
+def _with_tail(x, dtype):
+    """x [..., k] with the tail bucket log(1 − Σ exp x) appended: [..., k + 1]."""
+    x = x.astype(dtype)
+    lse = _log_mass(x)
+    # log1mexp, every branch evaluated only where it is finite (no NaN grads).
+    small = lse < _LOG_HALF
+    near = jnp.logical_and(jnp.logical_not(small), lse < 0)
+    neg = jnp.full((), -1.0, dtype)
+    tail = jnp.where(
+        small,
+        jnp.log1p(-jnp.exp(jnp.where(small, lse, neg))),
+        jnp.log(-jnp.expm1(jnp.where(near, lse, neg))),
+    )
+    tail = jnp.where(lse < 0, tail, -jnp.inf)
+    return jnp.concatenate([x, tail], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "swap", "tail", "reduction"))
+def _impl(
+    student, indices, teacher, temperature, mask, beta, *, kind, swap, tail, reduction
+):
+    dtype = u.compute_dtype(student, teacher)
+    if mask is not None:  # garbage indices at masked positions: read entry 0
+        indices = jnp.where(mask[..., None], indices, jnp.zeros((), indices.dtype))
+    g = jnp.take_along_axis(
+        student,
+        indices,
+        axis=-1,
+        mode="fill",
+        fill_value=jnp.nan,
+        wrap_negative_indices=False,
+    )
+    t = None if temperature is None else jnp.asarray(temperature, dtype)
+    beta = None if beta is None else jnp.asarray(beta, dtype)
+    if tail == "renormalize":
+        # The kernel's logits path: log_softmax(x / T) over the k entries.
+        a, b, logits = g, teacher, True
+    elif indices.shape[-1] == student.shape[-1]:  # k = V: no complement
+        a, b, logits = g, teacher, False
+    else:
+        a = _with_tail(u.sanitize(g, mask), dtype)
+        b = _with_tail(u.sanitize(teacher, mask), dtype)
+        logits = False
+    if swap:
+        a, b = b, a
+    values = _kernels.divergence(kind, logits, a, b, mask, t, beta)
+    return u.reduce(values, reduction, mask)
+
+
+def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
+    """Validates everything eagerly; returns the arrays, T and the mask."""
+    u.check_option("tail", tail, TAILS)
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    student = u.check_floating("student_logprobs", student)
+    teacher = u.check_floating("teacher_logprobs", teacher)
+    if not isinstance(indices, (jax.Array, np.ndarray)):  # tracers are jax.Array
+        indices = np.asarray(indices)
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise TypeError(
+            "Expected `teacher_indices` to be an integer array, got dtype "
+            f"{indices.dtype}."
+        )
+    u.check_same_shape("teacher_indices", indices, "teacher_logprobs", teacher)
+    shape, positions = jnp.shape(indices), student.shape[:-1]
+    if student.ndim == 0 or len(shape) == 0 or shape[:-1] != positions:
+        raise ValueError(
+            "Expected `teacher_indices` [..., k] to have the position shape of "
+            f"`student_logprobs` [..., V], got {shape} and {student.shape}."
+        )
+    k, vocab = shape[-1], student.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(
+            f"Expected at least 1 and at most V = {vocab} teacher entries, got k = {k}."
+        )
+    mask = u.broadcast_where(where, positions)
+    _check_concrete_indices(indices, vocab, mask)
+    t = _check_temperature(temperature)
+    if tail == "bucket" and t is not None:
+        if isinstance(t, jax.core.Tracer) or float(t) != 1:
+            raise ValueError(
+                'Expected temperature=1 with tail="bucket" (the teacher\'s tail '
+                "mass cannot be tempered without its full distribution), got "
+                f'{temperature!r}. Use tail="renormalize".'
+            )
+        t = None
+    return student, jnp.asarray(indices), teacher, t, mask
+
+
+def _check_concrete_indices(indices, vocab, mask):
+    """Range and distinctness of concrete indices, where a concrete mask keeps."""
+    if isinstance(indices, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
+        return
+    rows = np.asarray(indices)
+    rows = rows.reshape(-1, rows.shape[-1])
+    if mask is not None:
+        rows = rows[np.asarray(mask).reshape(-1)]
+    bad = (rows < 0) | (rows >= vocab)
+    if bad.any():
+        raise ValueError(
+            f"Expected every `teacher_indices` entry in [0, {vocab}) (the last axis "
+            f"of `student_logprobs`), got {rows[bad][0]}."
+        )
+    ordered = np.sort(rows, axis=-1)
+    if np.any(ordered[:, 1:] == ordered[:, :-1]):
+        raise ValueError(
+            "Expected the `teacher_indices` of each position to be distinct; a "
+            "duplicate would count its entry twice."
+        )
+
+
+def sparse_kl_divergence(
+    student_logprobs: jax.typing.ArrayLike,
+    teacher_indices: jax.typing.ArrayLike,
+    teacher_logprobs: jax.typing.ArrayLike,
+    *,
+    direction: str = "forward",
+    symmetric: bool = False,
+    tail: str = "renormalize",
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""KL divergence between a dense student P and a top-k teacher Q.
+
+    .. math::
+
+        \mathrm{KL}(P \| Q) = \sum_{j} p_j (\log p_j - \log q_j)
+
+    over the k teacher entries (``tail="renormalize"``, both sides renormalised
+    over them) or over those plus one bucket for the remaining mass
+    (``tail="bucket"``); see the module docstring. ``direction="reverse"``
+    gives KL(Q‖P), ``symmetric=True`` ½(KL(P‖Q) + KL(Q‖P)). With k = V this is
+    :func:`jaxpenalties.kl_divergence`. Exact: p = 0 terms are 0, p > 0 with
+    q = 0 gives +inf (e.g. forward KL with a teacher −inf entry). Gradients
+    flow to both log-prob inputs (and T), analytically through the dense kernel.
+
+    Args:
+      student_logprobs: student log-probabilities [..., V], any float dtype.
+      teacher_indices: integer [..., k], distinct entries in [0, V).
+      teacher_logprobs: the teacher's log-probabilities of those entries
+        [..., k] (exps summing to at most 1); −inf for a zero-mass entry.
+      direction: ``"forward"`` (KL(P‖Q)) or ``"reverse"`` (KL(Q‖P)). Static.
+      symmetric: average both directions. Static.
+      tail: ``"renormalize"`` or ``"bucket"``. Static.
+      temperature: T (``"renormalize"`` only, see the module docstring); a
+        Python float or a scalar array, changing it never recompiles. No T².
+      reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``.
+      where: optional boolean mask broadcastable to the position shape [...];
+        masked positions may hold garbage (also indices) and get 0 gradient.
+
+    Returns:
+      A float32 scalar (float64 for float64 input), or [...] for "none".
+
+    Raises:
+      ValueError: unknown option, mismatched shapes, concrete indices out of
+        range or repeated, ``tail="bucket"`` with T ≠ 1.
+      TypeError: non-integer indices, non-float log-probs, traced option.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxpenalties.sparse import sparse_kl_divergence
+      >>> student = jnp.log(jnp.array([0.5, 0.25, 0.25]))
+      >>> idx, teacher = jnp.array([0, 1]), jnp.log(jnp.array([0.25, 0.5]))
+      >>> print(f"{sparse_kl_divergence(student, idx, teacher):.4f}")  # ⅓ log 2
+      0.2310
+      >>> kl = sparse_kl_divergence(student, idx, teacher, tail="bucket")
+      >>> print(f"{kl:.4f}")  # tails 0.25 and 0.25: ¼ log 2
+      0.1733
+
+    References:
+      Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network,
+      2015. Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
+    """
+    u.check_option("direction", direction, DIRECTIONS)
+    u.check_bool("symmetric", symmetric)
+    arrays = (student_logprobs, teacher_indices, teacher_logprobs)
+    args = _check_inputs(*arrays, tail, temperature, reduction, where)
+    kind = "symmetric" if symmetric else "forward"
+    swap = not symmetric and direction == "reverse"
+    return _impl(*args, None, kind=kind, swap=swap, tail=tail, reduction=reduction)
+
+
+def sparse_js_divergence(
+    student_logprobs: jax.typing.ArrayLike,
+    teacher_indices: jax.typing.ArrayLike,
+    teacher_logprobs: jax.typing.ArrayLike,
+    *,
+    beta: float = 0.5,
+    tail: str = "renormalize",
+    temperature: float | jax.typing.ArrayLike = 1.0,
+    reduction: str = "mean",
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""Generalised Jensen–Shannon divergence, dense student P, top-k teacher Q.
+
+    .. math::
+
+        M = \beta P + (1 - \beta) Q, \qquad
+        \mathrm{JS}_\beta = \beta\,\mathrm{KL}(P \| M)
+            + (1 - \beta)\,\mathrm{KL}(Q \| M)
+
+    over the k teacher entries or k + 1 buckets as chosen by ``tail`` (see the
+    module docstring); with k = V this is :func:`jaxpenalties.js_divergence`.
+    Always finite, in [0, log 2] for β = ½, also with −inf entries.
+
+    Args:
+      student_logprobs: student log-probabilities [..., V], any float dtype.
+      teacher_indices: integer [..., k], distinct entries in [0, V).
+      teacher_logprobs: the teacher's log-probabilities of those entries.
+      beta: mixture weight in (0, 1); changing it never recompiles.
+      tail: ``"renormalize"`` or ``"bucket"``. Static.
+      temperature: T (``"renormalize"`` only); no T² factor.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
+      where: optional boolean mask broadcastable to the position shape.
+
+    Returns:
+      A float32 scalar (float64 for float64 input), or [...] for "none".
+
+    Raises:
+      ValueError: β outside (0, 1), and as :func:`sparse_kl_divergence`.
+      TypeError: as :func:`sparse_kl_divergence`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxpenalties.sparse import sparse_js_divergence
+      >>> student = jnp.log(jnp.full((4,), 0.25))
+      >>> idx, teacher = jnp.array([0, 1]), jnp.log(jnp.array([0.5, 0.5]))
+      >>> print(f"{sparse_js_divergence(student, idx, teacher):.4f}")  # both ½, ½
+      0.0000
+      >>> js = sparse_js_divergence(student, idx, teacher, tail="bucket")
+      >>> print(f"{js:.4f}")  # ¼ ¼ ½ against ½ ½ 0: ¾ log(4/3)
+      0.2158
+
+    References:
+      Agarwal et al., On-Policy Distillation of Language Models: Learning from
+      Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
+      Shannon entropy, 1991.
+    """
+    beta = _check_beta(beta)
+    arrays = (student_logprobs, teacher_indices, teacher_logprobs)
+    args = _check_inputs(*arrays, tail, temperature, reduction, where)
+    return _impl(*args, beta, kind="js", swap=False, tail=tail, reduction=reduction)
