@@ -27,6 +27,8 @@ from jaxpenalties.penalties import l1 as l1
 from jaxpenalties.penalties import l2 as l2
 from jaxpenalties.regularize import Penalty as Penalty
 from jaxpenalties.regularize import regularize as regularize
+from jaxpenalties.sparse import sparse_js_divergence as sparse_js_divergence
+from jaxpenalties.sparse import sparse_kl_divergence as sparse_kl_divergence
 from jaxpenalties.token_logprobs import (
     fused_linear_token_logprobs as fused_linear_token_logprobs,
 )
@@ -59,4 +61,6 @@ __all__ = [
     "orthogonality",
     "output_magnitude_penalty",
     "regularize",
+    "sparse_js_divergence",
+    "sparse_kl_divergence",
 ]

@@ -57,6 +57,14 @@ def _fused_inputs(key, dtype):
 _TOKENS = jnp.asarray(np.arange(10).reshape(2, 5) * 3 % 16)  # fused_inputs' V = 16
 
 
+_TOP3 = jnp.asarray(np.argsort(np.arange(84).reshape(3, 4, 7) * 5 % 7)[..., :3])
+
+
+def _sparse_inputs(key, dtype):
+    student, teacher = _divergence_inputs(key, dtype)
+    return student, jnp.take_along_axis(teacher, _TOP3, axis=-1)
+
+
 def _critic(x):
     return jnp.sum(jnp.tanh(x) ** 2, axis=-1)
 
@@ -147,6 +155,14 @@ REGISTRY = {
             x, w, rx, rw, labels=_TOKENS, label_smoothing=0.1, chunk_size=4
         )[0],
         _fused_inputs,
+    ),
+    "sparse_kl_divergence": (
+        lambda s, t: jp.sparse_kl_divergence(s, _TOP3, t),
+        _sparse_inputs,
+    ),
+    "sparse_js_divergence_bucket": (
+        lambda s, t: jp.sparse_js_divergence(s, _TOP3, t, tail="bucket", beta=0.3),
+        _sparse_inputs,
     ),
     "fused_linear_token_logprobs_entropy": (
         lambda x, w: sum(
