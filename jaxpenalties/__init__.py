@@ -15,6 +15,12 @@ from jaxpenalties.fused import (
 from jaxpenalties.fused import (
     fused_linear_kl_divergence as fused_linear_kl_divergence,
 )
+from jaxpenalties.fused_sparse import (
+    fused_linear_sparse_js_divergence as fused_linear_sparse_js_divergence,
+)
+from jaxpenalties.fused_sparse import (
+    fused_linear_sparse_kl_divergence as fused_linear_sparse_kl_divergence,
+)
 from jaxpenalties.gradient_penalties import gradient_penalty as gradient_penalty
 from jaxpenalties.gradient_penalties import (
     interpolated_gradient_penalty as interpolated_gradient_penalty,
@@ -50,6 +56,8 @@ __all__ = [
     "entropy",
     "fused_linear_js_divergence",
     "fused_linear_kl_divergence",
+    "fused_linear_sparse_js_divergence",
+    "fused_linear_sparse_kl_divergence",
     "fused_linear_token_logprobs",
     "gradient_penalty",
     "interpolated_gradient_penalty",

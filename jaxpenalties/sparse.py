@@ -116,9 +116,18 @@ def _impl(
 
 def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
     """Validates everything eagerly; returns the arrays, T and the mask."""
+    student = u.check_floating("student_logprobs", student)
+    indices, teacher, t, mask = check_teacher(
+        student.shape, indices, teacher, tail, temperature, reduction, where
+    )
+    return student, indices, teacher, t, mask
+
+
+def check_teacher(student_shape, indices, teacher, tail, temperature, reduction, where):
+    """Validates a top-k teacher against a student of ``student_shape`` [..., V]
+    (also for the fused student, whose log-probs never exist as an array)."""
     u.check_option("tail", tail, TAILS)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    student = u.check_floating("student_logprobs", student)
     teacher = u.check_floating("teacher_logprobs", teacher)
     if not isinstance(indices, (jax.Array, np.ndarray)):  # tracers are jax.Array
         indices = np.asarray(indices)
@@ -128,13 +137,13 @@ def _check_inputs(student, indices, teacher, tail, temperature, reduction, where
             f"{indices.dtype}."
         )
     u.check_same_shape("teacher_indices", indices, "teacher_logprobs", teacher)
-    shape, positions = jnp.shape(indices), student.shape[:-1]
-    if student.ndim == 0 or len(shape) == 0 or shape[:-1] != positions:
+    shape, positions = jnp.shape(indices), tuple(student_shape[:-1])
+    if len(student_shape) == 0 or len(shape) == 0 or shape[:-1] != positions:
         raise ValueError(
             "Expected `teacher_indices` [..., k] to have the position shape of "
-            f"`student_logprobs` [..., V], got {shape} and {student.shape}."
+            f"the student [..., V], got {shape} and {tuple(student_shape)}."
         )
-    k, vocab = shape[-1], student.shape[-1]
+    k, vocab = shape[-1], student_shape[-1]
     if not 1 <= k <= vocab:
         raise ValueError(
             f"Expected at least 1 and at most V = {vocab} teacher entries, got k = {k}."
@@ -150,7 +159,7 @@ def _check_inputs(student, indices, teacher, tail, temperature, reduction, where
                 f'{temperature!r}. Use tail="renormalize".'
             )
         t = None
-    return student, jnp.asarray(indices), teacher, t, mask
+    return jnp.asarray(indices), teacher, t, mask
 
 
 def _check_concrete_indices(indices, vocab, mask):

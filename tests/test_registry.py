@@ -65,6 +65,15 @@ def _sparse_inputs(key, dtype):
     return student, jnp.take_along_axis(teacher, _TOP3, axis=-1)
 
 
+_IDX = jnp.asarray(np.arange(30).reshape(2, 5, 3) * 7 % 16)  # distinct per row
+
+
+def _fused_sparse_inputs(key, dtype):
+    x, w = _fused_inputs(key, dtype)[:2]
+    teacher = _logprobs(jax.random.fold_in(key, 1), (2, 5, 16), dtype)
+    return x, w, jnp.take_along_axis(teacher, _IDX, axis=-1)
+
+
 def _critic(x):
     return jnp.sum(jnp.tanh(x) ** 2, axis=-1)
 
@@ -163,6 +172,12 @@ REGISTRY = {
     "sparse_js_divergence_bucket": (
         lambda s, t: jp.sparse_js_divergence(s, _TOP3, t, tail="bucket", beta=0.3),
         _sparse_inputs,
+    ),
+    "fused_linear_sparse_kl_divergence_bucket": (
+        lambda x, w, t: jp.fused_linear_sparse_kl_divergence(
+            x, w, _IDX, t, tail="bucket", chunk_size=4
+        ),
+        _fused_sparse_inputs,
     ),
     "fused_linear_token_logprobs_entropy": (
         lambda x, w: sum(
