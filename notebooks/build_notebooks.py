@@ -785,11 +785,19 @@ DISTILLATION = [
         store_lp, store_idx = jax.lax.top_k(teacher_lp, K)
         print("mass kept by the top-16 store:", float(jnp.exp(store_lp).sum(-1).mean()))
 
+
         def live_loss(w):
             return jp.fused_linear_js_divergence(
-                hidden, w, hidden, teacher_w, labels=labels,
-                soft_weight=0.5, hard_weight=0.5, chunk_size=128,
+                hidden,
+                w,
+                hidden,
+                teacher_w,
+                labels=labels,
+                soft_weight=0.5,
+                hard_weight=0.5,
+                chunk_size=128,
             )
+
 
         def store_loss(w):
             soft = jp.fused_linear_sparse_js_divergence(
@@ -797,6 +805,7 @@ DISTILLATION = [
             )
             ce = -jp.fused_linear_token_logprobs(hidden, w, labels, chunk_size=128).mean()
             return 0.5 * soft + 0.5 * ce, {"divergence": soft, "cross_entropy": ce}
+
 
         def train(loss_fn, steps=200):
             w = 0.01 * jax.random.normal(ks, (HID, VOCAB))
@@ -815,14 +824,17 @@ DISTILLATION = [
                 history.append((float(loss), {k: float(v) for k, v in metrics.items()}))
             return w, history
 
+
         losses = {"live teacher": live_loss, "top-16 store": store_loss}
         results = {name: train(f) for name, f in losses.items()}
         for name, (_, history) in results.items():
             (l0, m0), (l1, m1) = history[0], history[-1]
             ce0, ce1 = m0["cross_entropy"], m1["cross_entropy"]
             js0, js1 = m0["divergence"], m1["divergence"]
-            print(f"{name:>13}: loss {l0:.3f} -> {l1:.3f}, "
-                  f"CE {ce0:.3f} -> {ce1:.3f}, JS {js0:.4f} -> {js1:.4f}")
+            print(
+                f"{name:>13}: loss {l0:.3f} -> {l1:.3f}, "
+                f"CE {ce0:.3f} -> {ce1:.3f}, JS {js0:.4f} -> {js1:.4f}"
+            )
         """
     ),
     code(
@@ -852,9 +864,11 @@ DISTILLATION = [
             step = jax.jit(jax.value_and_grad(loss_fn, argnums=1, has_aux=True))
             return step.lower(x, w, y).compile().memory_analysis().temp_size_in_bytes / 2**20
 
+
         def fused_step(x, w, y):
             rx, rw = jax.lax.stop_gradient((x, w * 2))
             return jp.fused_linear_js_divergence(x, w, rx, rw, labels=y, chunk_size=256)
+
 
         def materialised_step(x, w, y):
             a = jax.nn.log_softmax(x @ w)
@@ -863,10 +877,13 @@ DISTILLATION = [
             js = jp.js_divergence(a, b)
             return js + ce, {"divergence": js, "cross_entropy": ce}
 
+
         for n in (2048, 8192):
             f, m = temp_mib(fused_step, n), temp_mib(materialised_step, n)
             ratio = m / f
-            print(f"{n:>5} positions: fused {f:7.1f} MiB, materialised {m:8.1f} MiB, {ratio:.0f}x")
+            print(
+                f"{n:>5} positions: fused {f:7.1f} MiB, materialised {m:8.1f} MiB, {ratio:.0f}x"
+            )
             assert f < m / 4
         """
     ),
