@@ -129,14 +129,21 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
 
 
 def broadcast_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
-    """Validates ``where`` and broadcasts it to the position ``shape``."""
+    """Validates ``where`` (boolean, or numeric with nonzero meaning kept) and
+    broadcasts it, as a boolean mask, to the position ``shape``."""
     if where is None:
         return None
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
-        raise TypeError(
-            f"Expected `where` to be a boolean array, got dtype {where.dtype}."
-        )
+        if not (
+            jnp.issubdtype(where.dtype, jnp.integer)
+            or jnp.issubdtype(where.dtype, jnp.floating)
+        ):
+            raise TypeError(
+                "Expected `where` to be a boolean or numeric mask (nonzero = "
+                f"kept), got dtype {where.dtype}."
+            )
+        where = where != 0  # e.g. TRL's int completion_mask
     try:
         target = jnp.broadcast_shapes(where.shape, shape)
     except ValueError:

@@ -205,7 +205,7 @@ def consistency(
       b: the paired array, same shape (no broadcasting).
       metric: ``"mse"``, ``"l1"``, ``"cosine"`` or ``"kl"``. Static.
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to the position shape
+      where: optional mask (nonzero = kept) broadcastable to the position shape
         ``a.shape[:-1]``; masked positions (all their elements) contribute
         nothing and the mean is over the unmasked ones.
 

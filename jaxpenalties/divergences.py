@@ -133,7 +133,7 @@ def kl_divergence(
         A Python float or a scalar array (changing it never recompiles); at
         T = 1, of either type, the inputs are used as given.
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to the position shape (the
+      where: optional mask (nonzero = kept) broadcastable to the position shape (the
         input shape without ``axis``). Masked positions may hold garbage.
       axis: the distribution axis. Static.
 
@@ -209,7 +209,7 @@ def js_divergence(
       temperature: if not 1 (of any type), inputs are re-normalised as
         ``log_softmax(x / T)`` first; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to the position shape.
+      where: optional mask (nonzero = kept) broadcastable to the position shape.
       axis: the distribution axis. Static.
 
     Returns:
@@ -270,7 +270,7 @@ def entropy(
         ``log_softmax(x / T)`` first.
       normalize: divide by log(size of ``axis``), so H ∈ [0, 1]. Static.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to the position shape.
+      where: optional mask (nonzero = kept) broadcastable to the position shape.
       axis: the distribution axis. Static.
 
     Returns:

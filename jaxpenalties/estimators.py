@@ -75,7 +75,7 @@ def kl_estimate(
       max_log_ratio: optional positive bound on |log r| (not static: changing
         it does not recompile).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` over all axes. Static.
-      where: optional boolean mask broadcastable to the input shape.
+      where: optional mask (nonzero = kept) broadcastable to the input shape.
 
     Returns:
       A scalar, or per-token values for ``reduction="none"``.

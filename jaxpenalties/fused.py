@@ -568,7 +568,7 @@ def fused_linear_kl_divergence(
       symmetric: ½(KL(P‖Q) + KL(Q‖P)) in one pass. Static.
       temperature: divides both heads' logits; no T² factor is applied.
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to ``x.shape[:-1]``; masked
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``; masked
         positions may hold garbage (NaN) and get zero gradient.
       chunk_size: maximum number of positions whose logits exist at once; a
         positive Python int, or None (default) for one from a memory budget:
@@ -664,7 +664,7 @@ def fused_linear_js_divergence(
         recompile.
       temperature: divides both heads' logits; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to ``x.shape[:-1]``.
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
       chunk_size: maximum number of positions whose logits exist at once, or
         None (default) for one from a memory budget (see
         :func:`fused_linear_kl_divergence`). Static.

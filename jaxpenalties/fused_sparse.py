@@ -111,7 +111,7 @@ def fused_linear_sparse_kl_divergence(
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to ``x.shape[:-1]``.
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
       chunk_size: positions whose logits exist at once, or None for the
         memory budget of :func:`fused_linear_kl_divergence`. Static.
 
@@ -186,7 +186,7 @@ def fused_linear_sparse_js_divergence(
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to ``x.shape[:-1]``.
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
       chunk_size: positions whose logits exist at once, or None. Static.
 
     Returns:

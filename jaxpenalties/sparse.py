@@ -221,7 +221,7 @@ def sparse_kl_divergence(
       temperature: T (``"renormalize"`` only, see the module docstring); a
         Python float or a scalar array, changing it never recompiles. No T².
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``.
-      where: optional boolean mask broadcastable to the position shape [...];
+      where: optional mask (nonzero = kept) broadcastable to the position shape [...];
         masked positions may hold garbage (also indices) and get 0 gradient.
 
     Returns:
@@ -287,7 +287,7 @@ def sparse_js_divergence(
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
-      where: optional boolean mask broadcastable to the position shape.
+      where: optional mask (nonzero = kept) broadcastable to the position shape.
 
     Returns:
       A float32 scalar (float64 for float64 input), or [...] for "none".

@@ -146,7 +146,7 @@ def fused_linear_token_logprobs(
         can only be checked when concrete; under ``jit`` they are clipped.
       temperature: divides the logits (a Python float or a scalar array, which
         never recompiles); 1 gives the untempered log-probs.
-      where: optional boolean mask broadcastable to ``x.shape[:-1]``; masked
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``; masked
         positions give 0 and get zero gradient, and may hold garbage.
       chunk_size: positions whose logits exist at once, or None for the
         memory budget of :func:`fused_linear_kl_divergence`. Static.
@@ -199,7 +199,7 @@ def fused_linear_token_logprobs(
         ids = np.asarray(tokens)
         bad = (ids < 0) | (ids >= w.shape[1])
         if where is not None and not isinstance(where, jax.core.Tracer):
-            bad = bad & np.broadcast_to(np.asarray(where), bad.shape)
+            bad = bad & np.broadcast_to(np.asarray(where) != 0, bad.shape)
         if bad.any():
             raise ValueError(
                 f"Expected `tokens` in [0, {w.shape[1]}), got "

@@ -442,8 +442,21 @@ class TestErrors:
     def test_bad_where(self):
         with pytest.raises(ValueError, match=r"`where`.*\(2,\).*\(3,\)"):
             jp.kl_divergence(self.p, self.p, where=jnp.ones(3, bool))
-        with pytest.raises(TypeError, match="`where`.*boolean"):
-            jp.kl_divergence(self.p, self.p, where=jnp.ones(2))
+        with pytest.raises(TypeError, match="`where`.*boolean or numeric"):
+            jp.kl_divergence(self.p, self.p, where=jnp.ones(2, jnp.complex64))
+
+    def test_numeric_where_means_nonzero_is_kept(self):
+        # TRL's int completion_mask works as is; a float mask too.
+        p = jax.nn.log_softmax(jnp.arange(12.0).reshape(2, 2, 3))
+        q = jax.nn.log_softmax(jnp.arange(12.0)[::-1].reshape(2, 2, 3))
+        mask = jnp.array([[1, 0], [0, 2]])
+        want = jp.kl_divergence(p, q, where=mask != 0)
+        for m in (mask, mask.astype(jnp.float32), mask.astype(jnp.uint8)):
+            np.testing.assert_array_equal(jp.kl_divergence(p, q, where=m), want)
+            np.testing.assert_array_equal(
+                jp.kl_estimate(p[..., 0], q[..., 0], where=m),
+                jp.kl_estimate(p[..., 0], q[..., 0], where=mask != 0),
+            )
 
     def test_bad_axis_and_inputs(self):
         with pytest.raises(ValueError, match="`axis`"):

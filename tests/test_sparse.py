@@ -556,7 +556,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="where"):
         kl(s, idx, q, where=np.ones((3, 5), bool))
     with pytest.raises(TypeError, match="where"):
-        kl(s, idx, q, where=np.ones(POS, np.int32))
+        kl(s, idx, q, where=np.ones(POS, np.complex64))
     with pytest.raises(TypeError, match="static"):
         kl(s, idx, q, tail=jnp.asarray(1))
 
