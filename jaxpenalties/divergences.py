@@ -73,7 +73,7 @@ def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
     return p, q, axis
 
 
-def _run(kind, xs, axis, where, temperature, beta=None):
+def _run(kind, xs, axis, where, temperature, beta=None, logits=False):
     """Moves ``axis`` last and runs the kernel on the arrays as given: the
     upcast, the mask and the temperature happen inside its fusions."""
     xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
@@ -82,18 +82,21 @@ def _run(kind, xs, axis, where, temperature, beta=None):
     t = None if temperature is None else jnp.asarray(temperature, dtype)
     beta = None if beta is None else jnp.asarray(beta, dtype)
     b = xs[1] if len(xs) > 1 else None
-    return _kernels.divergence(kind, False, xs[0], b, mask, t, beta), mask
+    return _kernels.divergence(kind, logits, xs[0], b, mask, t, beta), mask
 
 
 @functools.partial(
-    jax.jit, static_argnames=("direction", "symmetric", "reduction", "axis")
+    jax.jit,
+    static_argnames=("direction", "symmetric", "reduction", "axis", "from_logits"),
 )
-def _kl_impl(p, q, temperature, where, *, direction, symmetric, reduction, axis):
+def _kl_impl(
+    p, q, temperature, where, *, direction, symmetric, reduction, axis, from_logits
+):
     if symmetric:
         kind, pair = "symmetric", (p, q)
     else:
         kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
-    values, mask = _run(kind, pair, axis, where, temperature)
+    values, mask = _run(kind, pair, axis, where, temperature, logits=from_logits)
     return u.reduce(values, reduction, mask)
 
 
@@ -107,6 +110,7 @@ def kl_divergence(
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
+    from_logits: bool = False,
 ) -> jax.Array:
     r"""Kullback–Leibler divergence between two distributions in log space.
 
@@ -136,6 +140,8 @@ def kl_divergence(
       where: optional mask (nonzero = kept) broadcastable to the position shape (the
         input shape without ``axis``). Masked positions may hold garbage.
       axis: the distribution axis. Static.
+      from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
+        inside the kernel (also at T = 1), with no [..., V] copy. Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or the per-position values
@@ -160,6 +166,7 @@ def kl_divergence(
     u.check_option("reduction", reduction, u.REDUCTIONS)
     p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
     temperature = _check_temperature(temperature)
+    u.check_bool("from_logits", from_logits)
     return _kl_impl(
         p,
         q,
@@ -169,12 +176,13 @@ def kl_divergence(
         symmetric=symmetric,
         reduction=reduction,
         axis=axis,
+        from_logits=from_logits,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("reduction", "axis"))
-def _js_impl(p, q, beta, temperature, where, *, reduction, axis):
-    values, mask = _run("js", (p, q), axis, where, temperature, beta)
+@functools.partial(jax.jit, static_argnames=("reduction", "axis", "from_logits"))
+def _js_impl(p, q, beta, temperature, where, *, reduction, axis, from_logits):
+    values, mask = _run("js", (p, q), axis, where, temperature, beta, from_logits)
     return u.reduce(values, reduction, mask)
 
 
@@ -187,6 +195,7 @@ def js_divergence(
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
+    from_logits: bool = False,
 ) -> jax.Array:
     r"""Generalised Jensen–Shannon divergence in log space.
 
@@ -211,6 +220,8 @@ def js_divergence(
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to the position shape.
       axis: the distribution axis. Static.
+      from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
+        inside the kernel (also at T = 1), with no [..., V] copy. Static.
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``.
@@ -234,12 +245,27 @@ def js_divergence(
     u.check_option("reduction", reduction, u.REDUCTIONS)
     p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
     temperature = _check_temperature(temperature)
-    return _js_impl(p, q, beta, temperature, where, reduction=reduction, axis=axis)
+    u.check_bool("from_logits", from_logits)
+    return _js_impl(
+        p,
+        q,
+        beta,
+        temperature,
+        where,
+        reduction=reduction,
+        axis=axis,
+        from_logits=from_logits,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "normalize", "reduction", "axis"))
-def _entropy_impl(x, temperature, where, *, mode, normalize, reduction, axis):
-    neg_h, mask = _run("entropy", (x,), axis, where, temperature)  # −H
+@functools.partial(
+    jax.jit,
+    static_argnames=("mode", "normalize", "reduction", "axis", "from_logits"),
+)
+def _entropy_impl(
+    x, temperature, where, *, mode, normalize, reduction, axis, from_logits
+):
+    neg_h, mask = _run("entropy", (x,), axis, where, temperature, None, from_logits)
     if normalize:
         neg_h = neg_h / jnp.log(jnp.asarray(x.shape[axis], neg_h.dtype))
     values = neg_h if mode == "bonus" else -neg_h
@@ -255,6 +281,7 @@ def entropy(
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
+    from_logits: bool = False,
 ) -> jax.Array:
     r"""Shannon entropy as a loss term, H(P) = −Σ p log p (0 · log 0 = 0).
 
@@ -272,6 +299,8 @@ def entropy(
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to the position shape.
       axis: the distribution axis. Static.
+      from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
+        inside the kernel (also at T = 1), with no [..., V] copy. Static.
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``.
@@ -300,6 +329,7 @@ def entropy(
             f"normalize=True (log of its size is the divisor), got {x.shape[axis]}."
         )
     temperature = _check_temperature(temperature)
+    u.check_bool("from_logits", from_logits)
     return _entropy_impl(
         x,
         temperature,
@@ -308,4 +338,5 @@ def entropy(
         normalize=normalize,
         reduction=reduction,
         axis=axis,
+        from_logits=from_logits,
     )

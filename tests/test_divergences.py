@@ -550,3 +550,31 @@ def test_jit_equals_no_jit(x, y):
         with jax.disable_jit():
             eager = fn(a, b, reduction="none")
         np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.5])
+def test_from_logits_equals_log_softmax_inputs_in_value_and_gradient(t):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(5 * rng.normal(size=(3, 9)), jnp.float32)
+    y = jnp.asarray(5 * rng.normal(size=(3, 9)), jnp.float32)
+    ls = jax.nn.log_softmax
+    pairs = [
+        (
+            lambda x, y: jp.kl_divergence(x, y, from_logits=True, temperature=t),
+            lambda x, y: jp.kl_divergence(ls(x / t), ls(y / t)),
+        ),
+        (
+            lambda x, y: jp.js_divergence(x, y, from_logits=True, temperature=t),
+            lambda x, y: jp.js_divergence(ls(x / t), ls(y / t)),
+        ),
+        (
+            lambda x, y: jp.entropy(x, from_logits=True, temperature=t),
+            lambda x, y: jp.entropy(ls(x / t)),
+        ),
+    ]
+    for ours, ref in pairs:
+        np.testing.assert_allclose(ours(x, y), ref(x, y), rtol=1e-5, atol=1e-6)
+        for g, e in zip(
+            jax.grad(ours, (0, 1))(x, y), jax.grad(ref, (0, 1))(x, y), strict=True
+        ):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
