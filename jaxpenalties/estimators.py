@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxpenalties import _utils as u
 
@@ -21,7 +22,7 @@ def _check_max_log_ratio(c: Any) -> Any:
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction"))
 def _kl_estimate_impl(
-    logprobs, ref_logprobs, max_log_ratio, where, *, estimator, reduction
+    logprobs, ref_logprobs, max_log_ratio, max_value, where, *, estimator, reduction
 ):
     logp, ref = u.upcast(logprobs, ref_logprobs)
     mask = u.broadcast_where(where, logp.shape)
@@ -33,18 +34,30 @@ def _kl_estimate_impl(
     if max_log_ratio is not None:
         c = jnp.asarray(max_log_ratio, log_r.dtype)
         log_r = jnp.clip(log_r, -c, c)
-    if estimator == "k1":
-        values = -log_r
-    elif estimator == "k2":
-        values = 0.5 * jnp.square(log_r)
-    else:
-        # (r − 1) − log r with expm1 for accuracy near r = 1; always >= 0. At
-        # log r = +inf (π(x) = 0) it is +inf, with the gradient of r (−inf
-        # w.r.t. ``logprobs``), not ∞ − ∞ = NaN.
-        inf = log_r == jnp.inf
-        safe = jnp.where(inf, jnp.zeros((), log_r.dtype), log_r)
-        values = jnp.where(inf, jnp.expm1(log_r), jnp.expm1(safe) - safe)
+    values = _estimate(estimator, log_r)
+    if max_value is not None:
+        # Clip each value (verl's ±10). A clipped token passes no gradient; it
+        # is recomputed at log r = 0 so that 0 · ∞ (e^99 overflows) never
+        # reaches the gradient.
+        c = jnp.asarray(max_value, values.dtype)
+        over = lax.stop_gradient(jnp.abs(values) > c)
+        safe = _estimate(estimator, jnp.where(over, jnp.zeros((), log_r.dtype), log_r))
+        clipped = lax.stop_gradient(jnp.clip(values, -c, c))
+        values = jnp.where(over, clipped, safe)
     return u.reduce(values, reduction, mask)
+
+
+def _estimate(estimator, log_r):
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * jnp.square(log_r)
+    # (r − 1) − log r with expm1 for accuracy near r = 1; always >= 0. At
+    # log r = +inf (π(x) = 0) it is +inf, with the gradient of r (−inf
+    # w.r.t. ``logprobs``), not ∞ − ∞ = NaN.
+    inf = log_r == jnp.inf
+    safe = jnp.where(inf, jnp.zeros((), log_r.dtype), log_r)
+    return jnp.where(inf, jnp.expm1(log_r), jnp.expm1(safe) - safe)
 
 
 def kl_estimate(
@@ -53,6 +66,7 @@ def kl_estimate(
     *,
     estimator: str = "k3",
     max_log_ratio: float | None = None,
+    max_value: float | None = None,
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -66,7 +80,9 @@ def kl_estimate(
 
     k1 and k3 are unbiased for KL(π‖π_ref) under samples from π. The ``exp`` of
     k3 overflows for large log-ratios; ``max_log_ratio=c`` clamps log r to
-    [−c, c] first (off by default: no hidden clamps).
+    [−c, c] first, and ``max_value=m`` clips each token's estimate to [−m, m]
+    (verl's k3 uses m = 10); both are off by default: no hidden clamps. A
+    clipped token passes no gradient, as with ``jnp.clip``.
 
     Args:
       logprobs: log π(xₜ) of the sampled tokens under the trained model.
@@ -74,6 +90,8 @@ def kl_estimate(
       estimator: ``"k1"``, ``"k2"`` or ``"k3"``. Static.
       max_log_ratio: optional positive bound on |log r| (not static: changing
         it does not recompile).
+      max_value: optional positive bound on each token's |estimate| (not
+        static).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` over all axes. Static.
       where: optional mask (nonzero = kept) broadcastable to the input shape.
 
@@ -96,10 +114,13 @@ def kl_estimate(
     ref_logprobs = u.check_floating("ref_logprobs", ref_logprobs)
     u.check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
     max_log_ratio = _check_max_log_ratio(max_log_ratio)
+    if max_value is not None:
+        max_value = u.check_scalar("max_value", max_value, low=0.0, open_low=True)
     return _kl_estimate_impl(
         logprobs,
         ref_logprobs,
         max_log_ratio,
+        max_value,
         where,
         estimator=estimator,
         reduction=reduction,

@@ -163,3 +163,21 @@ def test_k2_k3_nonnegative_and_zero_at_equal(logp, ref):
         assert np.all(np.asarray(values) >= 0)
         same = jp.kl_estimate(logp, logp, estimator=name, reduction="none")
         np.testing.assert_array_equal(same, 0.0)
+
+
+def test_max_value_clips_each_estimate_and_its_gradient():
+    logp = jnp.asarray([-100.0, -1.0, -2.0])
+    ref = jnp.asarray([-1.0, -1.5, -2.0])  # log r = 99, -0.5, 0
+    plain = jp.kl_estimate(logp, ref, reduction="none")
+    assert np.isposinf(plain[0])  # e^99 overflows float32
+    got = jp.kl_estimate(logp, ref, max_value=10.0, reduction="none")
+    r = np.exp(-0.5)
+    np.testing.assert_allclose(got, [10.0, r - 1 + 0.5, 0.0], rtol=1e-6)
+    g = jax.grad(lambda lp: jp.kl_estimate(lp, ref, max_value=10.0, reduction="sum"))(
+        logp
+    )
+    np.testing.assert_allclose(g, [0.0, 1 - r, 0.0], rtol=1e-6, atol=1e-7)
+    k1 = jp.kl_estimate(logp, ref, estimator="k1", max_value=3.0, reduction="none")
+    np.testing.assert_allclose(k1, [-3.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="max_value"):
+        jp.kl_estimate(logp, ref, max_value=jnp.asarray(-1.0))
