@@ -16,6 +16,10 @@ weight gradient is summed over chunks in float32 (costing H · V · 4 bytes,
 2 GiB for a 4,096 × 128k head, instead of half that in bf16, and sparing the
 bf16 rounding error of each chunk's partial sum).
 
+With integer ``labels`` the same pass also gives the student's cross-entropy
+(distillation with hard labels): per chunk, its gradient is added to the
+divergence's logit cotangent before the backward matmuls.
+
 How the gradient is formed (private, measured in ``benchmarks/fused.py``):
 
 * ``reduction="mean"`` / ``"sum"``: a ``jax.custom_jvp`` computes the value and
@@ -568,16 +572,26 @@ def fused_linear_kl_divergence(
       symmetric: ½(KL(P‖Q) + KL(Q‖P)) in one pass. Static.
       temperature: divides both heads' logits; no T² factor is applied.
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
-      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``; masked
-        positions may hold garbage (NaN) and get zero gradient.
+      where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``;
+        masked positions may hold garbage (NaN) and get zero gradient.
       chunk_size: maximum number of positions whose logits exist at once; a
         positive Python int, or None (default) for one from a memory budget:
         one chunk's float32 logits take an eighth of the memory of ``w`` (1,024
         rows for a bf16 4,096 × 128k head), or 16 MiB for small heads. Static.
+      labels: optional integer hard labels of shape ``x.shape[:-1]``: the
+        result is then ``soft_weight · divergence + hard_weight · CE`` with
+        CE the cross-entropy of the untempered student logits at ``labels``,
+        from the same pass over each chunk (``"mean"`` or ``"sum"`` only).
+      ignore_index: label value that is left out of the cross-entropy. Static.
+      soft_weight, hard_weight: weights ≥ 0 of the two parts (traced).
+      label_smoothing: ε in [0, 1): CE = (1 − ε) CE(labels) + ε CE(uniform).
+        Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or the per-position values
-      of shape ``x.shape[:-1]`` for ``reduction="none"``.
+      of shape ``x.shape[:-1]`` for ``reduction="none"``. With ``labels``,
+      ``(loss, {"divergence": ..., "cross_entropy": ...})``: each part's own
+      mean (or sum) over its positions, as metrics that carry no gradient.
 
     Raises:
       ValueError: for an unknown option, a non-positive ``chunk_size``, or
@@ -668,9 +682,12 @@ def fused_linear_js_divergence(
       chunk_size: maximum number of positions whose logits exist at once, or
         None (default) for one from a memory budget (see
         :func:`fused_linear_kl_divergence`). Static.
+      labels, ignore_index, soft_weight, hard_weight, label_smoothing: hard
+        labels in the same pass, as in :func:`fused_linear_kl_divergence`.
 
     Returns:
-      A scalar, or per-position values of shape ``x.shape[:-1]``.
+      A scalar, or per-position values of shape ``x.shape[:-1]``; with
+      ``labels``, ``(loss, {"divergence": ..., "cross_entropy": ...})``.
 
     Raises:
       ValueError: β outside (0, 1), unknown option, mismatched shapes.
