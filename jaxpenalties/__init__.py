@@ -28,6 +28,9 @@ from jaxpenalties.gradient_penalties import (
 from jaxpenalties.gradient_penalties import (
     output_magnitude_penalty as output_magnitude_penalty,
 )
+from jaxpenalties.kl_control import adaptive_kl_controller as adaptive_kl_controller
+from jaxpenalties.kl_control import fixed_kl_controller as fixed_kl_controller
+from jaxpenalties.kl_control import kl_penalized_rewards as kl_penalized_rewards
 from jaxpenalties.penalties import elastic_net as elastic_net
 from jaxpenalties.penalties import l1 as l1
 from jaxpenalties.penalties import l2 as l2
@@ -47,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Penalty",
+    "adaptive_kl_controller",
     "add_elastic_net_decay",
     "add_l1_decay",
     "add_penalty_gradient",
@@ -54,6 +58,7 @@ __all__ = [
     "consistency",
     "elastic_net",
     "entropy",
+    "fixed_kl_controller",
     "fused_linear_js_divergence",
     "fused_linear_kl_divergence",
     "fused_linear_sparse_js_divergence",
@@ -64,6 +69,7 @@ __all__ = [
     "js_divergence",
     "kl_divergence",
     "kl_estimate",
+    "kl_penalized_rewards",
     "l1",
     "l2",
     "orthogonality",

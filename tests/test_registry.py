@@ -102,6 +102,10 @@ REGISTRY = {
         functools.partial(jp.kl_estimate, estimator="k1", reduction="sum"),
         _sampled_inputs,
     ),
+    "kl_penalized_rewards": (
+        lambda r, lp, ref: jnp.sum(jp.kl_penalized_rewards(r, lp, ref, 0.1)),
+        lambda k, d: (_matrix(k, d, (3, 5)),) + _sampled_inputs(k, d),
+    ),
     "l1": (jp.l1, lambda k, d: (_matrix(k, d),)),
     "l2": (jp.l2, lambda k, d: (_matrix(k, d),)),
     "l2_center_mean_clip": (

@@ -1,0 +1,163 @@
+"""The KL coefficient of an RL fine-tuning step: controllers and KL in the reward.
+
+A controller is pure state, optax style: ``controller.init()`` gives the state,
+``controller.update(state, observed_kl, n_steps)`` the next one, and
+``state.coef`` is the β to use. It runs inside ``jax.jit``; feed ``state.coef``
+to ``regularize(...)(..., weights={"kl": state.coef})`` and changing β never
+recompiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxpenalties import _utils as u
+from jaxpenalties.estimators import kl_estimate
+
+
+class KLControllerState(NamedTuple):
+    """The current KL coefficient β (a float32 scalar)."""
+
+    coef: jax.Array
+
+
+class KLController(NamedTuple):
+    """A pair of pure functions ``init() -> state`` and
+    ``update(state, observed_kl, n_steps=1) -> state``."""
+
+    init: Callable[[], KLControllerState]
+    update: Callable[..., KLControllerState]
+
+
+def fixed_kl_controller(coef: float | jax.typing.ArrayLike) -> KLController:
+    """A constant KL coefficient, with the controller interface.
+
+    Example:
+      >>> import jaxpenalties as jp
+      >>> ctl = jp.fixed_kl_controller(0.05)
+      >>> state = ctl.update(ctl.init(), observed_kl=3.0)
+      >>> print(f"{state.coef:.2f}")
+      0.05
+    """
+    coef = u.check_scalar("coef", coef, low=0.0)
+
+    def init():
+        return KLControllerState(jnp.asarray(coef, jnp.float32))
+
+    def update(state, observed_kl, n_steps=1):
+        del observed_kl, n_steps
+        return state
+
+    return KLController(init, update)
+
+
+def adaptive_kl_controller(
+    init_coef: float | jax.typing.ArrayLike,
+    target: float | jax.typing.ArrayLike,
+    horizon: float | jax.typing.ArrayLike,
+    *,
+    max_error: float = 0.2,
+) -> KLController:
+    r"""Adaptive KL coefficient (Ziegler et al., 2019), as in TRL and verl.
+
+    .. math::
+
+        e = \mathrm{clip}\Big(\frac{\mathrm{KL}}{\mathrm{target}} - 1,
+            -e_{max}, e_{max}\Big), \qquad
+        \beta \leftarrow \beta \Big(1 + e \, \frac{n_{steps}}{\mathrm{horizon}}\Big)
+
+    β grows while the observed KL is above the target and shrinks below it,
+    by at most ``max_error · n_steps / horizon`` per update.
+
+    Args:
+      init_coef: the initial β ≥ 0.
+      target: the KL to aim for, > 0.
+      horizon: how many steps (samples, in TRL) a full correction takes, > 0.
+      max_error: the clip on the proportional error (0.2 in the paper).
+
+    Returns:
+      A :class:`KLController`; its ``update`` is jittable.
+
+    Example:
+      >>> import jaxpenalties as jp
+      >>> ctl = jp.adaptive_kl_controller(0.1, target=6.0, horizon=10_000)
+      >>> state = ctl.update(ctl.init(), observed_kl=9.0, n_steps=256)
+      >>> print(f"{state.coef:.5f}")  # 0.1 · (1 + 0.2 · 256 / 10000)
+      0.10051
+
+    References:
+      Ziegler et al., Fine-Tuning Language Models from Human Preferences, 2019.
+    """
+    init_coef = u.check_scalar("init_coef", init_coef, low=0.0)
+    target = u.check_scalar("target", target, low=0.0, open_low=True)
+    horizon = u.check_scalar("horizon", horizon, low=0.0, open_low=True)
+    max_error = u.check_scalar("max_error", max_error, low=0.0, open_low=True)
+
+    def init():
+        return KLControllerState(jnp.asarray(init_coef, jnp.float32))
+
+    def update(state, observed_kl, n_steps=1):
+        kl = jnp.asarray(observed_kl, jnp.float32)
+        error = jnp.clip(kl / target - 1, -max_error, max_error)
+        coef = state.coef * (1 + error * jnp.asarray(n_steps, jnp.float32) / horizon)
+        return KLControllerState(coef.astype(state.coef.dtype))
+
+    return KLController(init, update)
+
+
+def kl_penalized_rewards(
+    rewards: jax.typing.ArrayLike,
+    logprobs: jax.typing.ArrayLike,
+    ref_logprobs: jax.typing.ArrayLike,
+    coef: float | jax.typing.ArrayLike,
+    *,
+    estimator: str = "k1",
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""Per-token rewards with the KL penalty *in the reward* (PPO-style RLHF).
+
+    .. math::
+
+        \tilde r_t = r_t - \beta \, \mathrm{kl}_t
+
+    with kl_t the per-token estimate of KL(π‖π_ref) (:func:`kl_estimate`, k1 by
+    default as in TRL's PPO). Put the KL in the reward when the advantage
+    estimator should see it (PPO); put it in the loss with
+    :func:`kl_estimate` and ``regularize`` when it should not (GRPO). The
+    penalty is a reward: no gradient flows through it (``stop_gradient``).
+
+    Args:
+      rewards: per-token rewards [..., T] (e.g. the score at the last token and
+        0 elsewhere).
+      logprobs: log π of the sampled tokens, same shape.
+      ref_logprobs: log π_ref of the same tokens, same shape.
+      coef: β ≥ 0 (e.g. ``state.coef`` of a controller).
+      estimator: ``"k1"``, ``"k2"`` or ``"k3"``. Static.
+      where: optional mask (nonzero = kept); masked tokens get reward 0.
+
+    Returns:
+      float32 per-token rewards of the shape of ``rewards``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxpenalties as jp
+      >>> r = jp.kl_penalized_rewards(jnp.array([0.0, 1.0]),
+      ...                             jnp.log(jnp.array([0.5, 0.5])),
+      ...                             jnp.log(jnp.array([0.25, 0.5])), coef=0.1)
+      >>> print(r)  # k1 = log(0.5 / 0.25) at the first token
+      [-0.06931472  1.        ]
+    """
+    rewards = u.check_floating("rewards", rewards)
+    u.check_same_shape("rewards", rewards, "logprobs", logprobs)
+    coef = u.check_scalar("coef", coef, low=0.0)
+    kl = kl_estimate(
+        logprobs, ref_logprobs, estimator=estimator, reduction="none", where=where
+    )
+    out = rewards.astype(kl.dtype) - jnp.asarray(
+        coef, kl.dtype
+    ) * jax.lax.stop_gradient(kl)
+    mask = u.broadcast_where(where, rewards.shape)
+    return out if mask is None else jnp.where(mask, out, jnp.zeros((), out.dtype))

@@ -1,0 +1,92 @@
+"""KL controllers (pure state, jittable, no recompiles) and KL in the reward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxpenalties as jp
+from tests.compile_counter import count_compiles
+
+
+def reference_adaptive(coef, target, horizon, kls, n_steps):
+    """Ziegler et al. 2019 / TRL AdaptiveKLController, in float64 by hand."""
+    out = []
+    for kl in kls:
+        error = np.clip(kl / target - 1, -0.2, 0.2)
+        coef = coef * (1 + error * n_steps / horizon)
+        out.append(coef)
+    return np.array(out)
+
+
+def test_adaptive_controller_matches_the_formula_under_jit_without_recompiling():
+    ctl = jp.adaptive_kl_controller(0.2, target=6.0, horizon=1000.0)
+    kls = [9.0, 7.0, 6.0, 5.5, 1.0, 12.0]
+    update = jax.jit(ctl.update, static_argnums=())
+    state = ctl.init()
+    state = update(state, jnp.float32(kls[0]), 64)
+    got = [float(state.coef)]
+    with count_compiles() as compiles:
+        for kl in kls[1:]:
+            state = update(state, jnp.float32(kl), 64)
+            got.append(float(state.coef))
+        assert compiles() == 0
+    want = reference_adaptive(0.2, 6.0, 1000.0, kls, 64)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] > 0.2 and got[4] < got[3]  # up above target, down below
+
+
+def test_controller_coefficient_feeds_regularize_without_recompiling():
+    def loss_fn(params, batch):
+        return jnp.sum(params["w"] ** 2), {"lp": jax.nn.log_softmax(params["w"])}
+
+    kl = jp.Penalty(jp.kl_divergence, inputs=("lp", "ref"), name="kl")
+    f = jp.regularize(loss_fn, [kl])
+    params = {"w": jnp.asarray([[0.5, -0.5, 1.0]])}
+    batch = {"ref": jax.nn.log_softmax(jnp.zeros((1, 3)))}
+    ctl = jp.adaptive_kl_controller(0.1, target=0.01, horizon=10.0)
+
+    @jax.jit
+    def step(params, state):
+        total, aux = f(params, batch, weights={"kl": state.coef})
+        kl_value = aux["penalties"]["kl"]["value"]
+        return total, ctl.update(state, kl_value, 1)
+
+    state = ctl.init()
+    step(params, state)
+    kl_value = float(jp.kl_divergence(jax.nn.log_softmax(params["w"]), batch["ref"]))
+    for _ in range(3):
+        with count_compiles() as compiles:
+            total, new = step(params, state)
+            assert compiles() == 0
+        want = 0.5**2 * 2 + 1.0 + float(state.coef) * kl_value
+        np.testing.assert_allclose(total, want, rtol=1e-5)
+        state = new
+
+
+def test_fixed_controller_and_validation():
+    ctl = jp.fixed_kl_controller(0.05)
+    assert float(ctl.update(ctl.init(), 100.0, 10).coef) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="target"):
+        jp.adaptive_kl_controller(0.1, target=0.0, horizon=10)
+    with pytest.raises(ValueError, match="init_coef"):
+        jp.adaptive_kl_controller(jnp.asarray(-1.0), target=1.0, horizon=10)
+
+
+def test_kl_in_the_reward_matches_the_per_token_formula():
+    rng = np.random.default_rng(0)
+    lp = jnp.asarray(-rng.uniform(0.1, 3, size=(2, 5)), jnp.float32)
+    ref = jnp.asarray(-rng.uniform(0.1, 3, size=(2, 5)), jnp.float32)
+    rewards = jnp.zeros((2, 5)).at[:, -1].set(jnp.asarray([1.0, -0.5]))
+    mask = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    for est in ("k1", "k3"):
+        got = jp.kl_penalized_rewards(rewards, lp, ref, 0.2, estimator=est, where=mask)
+        log_r = np.asarray(ref, np.float64) - np.asarray(lp, np.float64)
+        kl = -log_r if est == "k1" else np.expm1(log_r) - log_r
+        want = np.where(np.asarray(mask) != 0, np.asarray(rewards) - 0.2 * kl, 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # A reward, not a loss: no gradient through the penalty.
+    g = jax.grad(lambda lp: jnp.sum(jp.kl_penalized_rewards(rewards, lp, ref, 0.2)))(lp)
+    np.testing.assert_array_equal(g, 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        jp.kl_penalized_rewards(rewards[:, :3], lp, ref, 0.1)
