@@ -3,6 +3,7 @@
 ``import jaxpenalties as jp`` gives every public name.
 """
 
+from jaxpenalties.aggregation import aggregate as aggregate
 from jaxpenalties.constraints import consistency as consistency
 from jaxpenalties.constraints import orthogonality as orthogonality
 from jaxpenalties.divergences import entropy as entropy
@@ -54,6 +55,7 @@ __all__ = [
     "add_elastic_net_decay",
     "add_l1_decay",
     "add_penalty_gradient",
+    "aggregate",
     "check_finite",
     "consistency",
     "elastic_net",

@@ -106,6 +106,10 @@ REGISTRY = {
         lambda r, lp, ref: jnp.sum(jp.kl_penalized_rewards(r, lp, ref, 0.1)),
         lambda k, d: (_matrix(k, d, (3, 5)),) + _sampled_inputs(k, d),
     ),
+    "aggregate_seq_mean_token_mean": (
+        lambda v: jp.aggregate(v, mode="seq-mean-token-mean"),
+        lambda k, d: (_matrix(k, d, (3, 5)),),
+    ),
     "l1": (jp.l1, lambda k, d: (_matrix(k, d),)),
     "l2": (jp.l2, lambda k, d: (_matrix(k, d),)),
     "l2_center_mean_clip": (
