@@ -318,6 +318,7 @@ def regularize(
     penalties: Sequence[Penalty],
     *,
     track_grad_norms: bool = False,
+    return_outputs: bool = False,
 ) -> Callable[..., tuple[jax.Array, dict[str, Any]]]:
     r"""Adds weighted penalties to a loss: ``total = loss + Σₖ wₖ · valueₖ``.
 
@@ -339,8 +340,10 @@ def regularize(
     - A weight of 0 switches a term off: its contribution and its gradient are
       exactly 0, even where its value is inf or NaN. Its value is still
       computed and reported (monitoring during a warm-up at weight 0).
-    - ``aux = {"loss", "outputs", "penalties": {name: {"value", "weight",
-      "contribution", **metrics}}}``, all arrays. With
+    - ``aux = {"loss", "penalties": {name: {"value", "weight",
+      "contribution", **metrics}}}``, all arrays, plus ``"outputs"`` (the loss
+      function's outputs dict) with ``return_outputs=True``: they can be
+      [B, T, V] arrays that a jitted step would otherwise copy out. With
       ``track_grad_norms=True`` each entry also has ``"grad_norm"``,
       ‖∇_params (wₖ · valueₖ)‖₂ over all leaves, computed with one backward
       pass per penalty from a shared forward pass, outside the gradient of
@@ -351,6 +354,7 @@ def regularize(
       penalties: a sequence of :class:`Penalty` with unique names.
       track_grad_norms: also report each term's gradient norm (costs one extra
         backward pass per penalty).
+      return_outputs: also put the loss function's outputs in ``aux``.
 
     Returns:
       ``f(params, batch, *args, step=0, weights=None) -> (total, aux)``. The
@@ -407,6 +411,7 @@ def regularize(
             "each Penalty its own `name=`."
         )
     u.check_bool("track_grad_norms", track_grad_norms)
+    u.check_bool("return_outputs", return_outputs)
 
     def weights_at(step, overrides):
         if overrides is None:
@@ -485,7 +490,9 @@ def regularize(
                 norm = _grad_norm(value_k, params, dtype)
                 entry["grad_norm"] = jnp.where(off, zero, w * norm)
             report[spec.name] = entry
-        aux = {"loss": loss, "outputs": outputs, "penalties": report}
+        aux = {"loss": loss, "penalties": report}
+        if return_outputs:
+            aux["outputs"] = outputs
         return total, aux
 
     return regularized
