@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 import types
@@ -495,4 +496,14 @@ def regularize(
             aux["outputs"] = outputs
         return total, aux
 
+    # Advertised as (params, batch, *args, **kwargs): flax.nnx transforms bind
+    # the signature and reject keyword-only parameters with defaults.
+    regularized.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("batch", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
     return regularized

@@ -665,3 +665,27 @@ class TestRegularizeErrors:
             jp.regularize(lambda p, b: (0.0, {}, {}), l1)(params, batch)
         with pytest.raises(TypeError, match="dict of named arrays"):
             jp.regularize(lambda p, b: (0.0, [1.0]), l1)(params, batch)
+
+
+def test_flax_nnx_value_and_grad_accepts_the_regularised_loss():
+    from flax import nnx
+
+    class Head(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.lin(x)
+
+    def nnx_loss(model, batch):
+        lp = jax.nn.log_softmax(model(batch["x"]))
+        return -jnp.mean(lp[:, 0]), {"lp": lp}
+
+    model = Head(nnx.Rngs(0))
+    batch = {"x": jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)))}
+    f = jp.regularize(nnx_loss, [jp.Penalty(jp.entropy, inputs=("lp",), weight=0.1)])
+    (total, aux), grads = nnx.value_and_grad(f, has_aux=True)(model, batch)
+    lp = jax.nn.log_softmax(model(batch["x"]))
+    want = -jnp.mean(lp[:, 0]) + 0.1 * jp.entropy(lp)
+    np.testing.assert_allclose(total, want, rtol=1e-6)
+    assert np.all(np.isfinite(grads["lin"]["kernel"][...]))
