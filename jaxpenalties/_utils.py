@@ -177,6 +177,25 @@ def reduce(values: jax.Array, reduction: str, where: jax.Array | None) -> jax.Ar
     return total / jnp.maximum(count, 1)
 
 
+def reduce_with_extremes(values, reduction: str, where, extremes: bool):
+    """:func:`reduce`, and with ``extremes`` also ``{"max", "min"}`` of the
+    per-position values over kept positions (0 when none is kept): the spike at
+    one position that a mean hides, as in-graph metrics without a gradient."""
+    out = reduce(values, reduction, where)
+    if not extremes:
+        return out
+    kept = jnp.ones(values.shape, bool) if where is None else where
+    any_kept = jnp.any(kept)
+    zero = jnp.zeros((), values.dtype)
+    hi = jnp.max(jnp.where(kept, values, -jnp.inf), initial=-jnp.inf)
+    lo = jnp.min(jnp.where(kept, values, jnp.inf), initial=jnp.inf)
+    metrics = {
+        "max": jnp.where(any_kept, hi, zero),
+        "min": jnp.where(any_kept, lo, zero),
+    }
+    return out, jax.lax.stop_gradient(metrics)
+
+
 def sanitize(x: jax.Array, where: jax.Array | None, fill: float = 0.0) -> jax.Array:
     """Replaces masked-out positions of ``x`` (shape positions + trailing) by
     ``fill``, so garbage there reaches neither the value nor the gradient."""

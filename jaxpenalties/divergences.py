@@ -87,17 +87,34 @@ def _run(kind, xs, axis, where, temperature, beta=None, logits=False):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("direction", "symmetric", "reduction", "axis", "from_logits"),
+    static_argnames=(
+        "direction",
+        "symmetric",
+        "reduction",
+        "axis",
+        "from_logits",
+        "extremes",
+    ),
 )
 def _kl_impl(
-    p, q, temperature, where, *, direction, symmetric, reduction, axis, from_logits
+    p,
+    q,
+    temperature,
+    where,
+    *,
+    direction,
+    symmetric,
+    reduction,
+    axis,
+    from_logits,
+    extremes,
 ):
     if symmetric:
         kind, pair = "symmetric", (p, q)
     else:
         kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
     values, mask = _run(kind, pair, axis, where, temperature, logits=from_logits)
-    return u.reduce(values, reduction, mask)
+    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def kl_divergence(
@@ -111,7 +128,8 @@ def kl_divergence(
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
-) -> jax.Array:
+    extremes: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Kullback–Leibler divergence between two distributions in log space.
 
     .. math::
@@ -142,6 +160,9 @@ def kl_divergence(
       axis: the distribution axis. Static.
       from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
         inside the kernel (also at T = 1), with no [..., V] copy. Static.
+      extremes: also return ``{"max", "min"}`` of the per-position values over
+        kept positions, as ``(value, metrics)`` (what ``Penalty`` reports).
+        Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or the per-position values
@@ -167,6 +188,7 @@ def kl_divergence(
     p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
     temperature = _check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
+    u.check_bool("extremes", extremes)
     return _kl_impl(
         p,
         q,
@@ -177,13 +199,16 @@ def kl_divergence(
         reduction=reduction,
         axis=axis,
         from_logits=from_logits,
+        extremes=extremes,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("reduction", "axis", "from_logits"))
-def _js_impl(p, q, beta, temperature, where, *, reduction, axis, from_logits):
+@functools.partial(
+    jax.jit, static_argnames=("reduction", "axis", "from_logits", "extremes")
+)
+def _js_impl(p, q, beta, temperature, where, *, reduction, axis, from_logits, extremes):
     values, mask = _run("js", (p, q), axis, where, temperature, beta, from_logits)
-    return u.reduce(values, reduction, mask)
+    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def js_divergence(
@@ -196,7 +221,8 @@ def js_divergence(
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
-) -> jax.Array:
+    extremes: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Generalised Jensen–Shannon divergence in log space.
 
     .. math::
@@ -222,6 +248,9 @@ def js_divergence(
       axis: the distribution axis. Static.
       from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
         inside the kernel (also at T = 1), with no [..., V] copy. Static.
+      extremes: also return ``{"max", "min"}`` of the per-position values over
+        kept positions, as ``(value, metrics)`` (what ``Penalty`` reports).
+        Static.
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``.
@@ -246,6 +275,7 @@ def js_divergence(
     p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
     temperature = _check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
+    u.check_bool("extremes", extremes)
     return _js_impl(
         p,
         q,
@@ -255,21 +285,29 @@ def js_divergence(
         reduction=reduction,
         axis=axis,
         from_logits=from_logits,
+        extremes=extremes,
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("mode", "normalize", "reduction", "axis", "from_logits"),
+    static_argnames=(
+        "mode",
+        "normalize",
+        "reduction",
+        "axis",
+        "from_logits",
+        "extremes",
+    ),
 )
 def _entropy_impl(
-    x, temperature, where, *, mode, normalize, reduction, axis, from_logits
+    x, temperature, where, *, mode, normalize, reduction, axis, from_logits, extremes
 ):
     neg_h, mask = _run("entropy", (x,), axis, where, temperature, None, from_logits)
     if normalize:
         neg_h = neg_h / jnp.log(jnp.asarray(x.shape[axis], neg_h.dtype))
     values = neg_h if mode == "bonus" else -neg_h
-    return u.reduce(values, reduction, mask)
+    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def entropy(
@@ -282,7 +320,8 @@ def entropy(
     where: jax.typing.ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
-) -> jax.Array:
+    extremes: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Shannon entropy as a loss term, H(P) = −Σ p log p (0 · log 0 = 0).
 
     The sign is chosen for a term *added to a loss that is minimised*:
@@ -301,6 +340,9 @@ def entropy(
       axis: the distribution axis. Static.
       from_logits: the inputs are logits: normalised as ``log_softmax(x / T)``
         inside the kernel (also at T = 1), with no [..., V] copy. Static.
+      extremes: also return ``{"max", "min"}`` of the per-position values over
+        kept positions, as ``(value, metrics)`` (what ``Penalty`` reports).
+        Static.
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``.
@@ -330,6 +372,7 @@ def entropy(
         )
     temperature = _check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
+    u.check_bool("extremes", extremes)
     return _entropy_impl(
         x,
         temperature,
@@ -339,4 +382,5 @@ def entropy(
         reduction=reduction,
         axis=axis,
         from_logits=from_logits,
+        extremes=extremes,
     )

@@ -20,9 +20,17 @@ def _check_max_log_ratio(c: Any) -> Any:
     return u.check_scalar("max_log_ratio", c, low=0.0, open_low=True)
 
 
-@functools.partial(jax.jit, static_argnames=("estimator", "reduction"))
+@functools.partial(jax.jit, static_argnames=("estimator", "reduction", "extremes"))
 def _kl_estimate_impl(
-    logprobs, ref_logprobs, max_log_ratio, max_value, where, *, estimator, reduction
+    logprobs,
+    ref_logprobs,
+    max_log_ratio,
+    max_value,
+    where,
+    *,
+    estimator,
+    reduction,
+    extremes,
 ):
     logp, ref = u.upcast(logprobs, ref_logprobs)
     mask = u.broadcast_where(where, logp.shape)
@@ -44,7 +52,7 @@ def _kl_estimate_impl(
         safe = _estimate(estimator, jnp.where(over, jnp.zeros((), log_r.dtype), log_r))
         clipped = lax.stop_gradient(jnp.clip(values, -c, c))
         values = jnp.where(over, clipped, safe)
-    return u.reduce(values, reduction, mask)
+    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def _estimate(estimator, log_r):
@@ -69,7 +77,8 @@ def kl_estimate(
     max_value: float | None = None,
     reduction: str = "mean",
     where: jax.typing.ArrayLike | None = None,
-) -> jax.Array:
+    extremes: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     r"""Per-token estimate of KL(π‖π_ref) from sampled-token log-probabilities.
 
     With tokens xₜ ~ π and :math:`r = \pi_{ref}(x_t) / \pi(x_t)`:
@@ -94,6 +103,8 @@ def kl_estimate(
         static).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` over all axes. Static.
       where: optional mask (nonzero = kept) broadcastable to the input shape.
+      extremes: also return ``{"max", "min"}`` of the per-token values over
+        kept tokens, as ``(value, metrics)``. Static.
 
     Returns:
       A scalar, or per-token values for ``reduction="none"``.
@@ -110,6 +121,7 @@ def kl_estimate(
     """
     u.check_option("estimator", estimator, ESTIMATORS)
     u.check_option("reduction", reduction, u.REDUCTIONS)
+    u.check_bool("extremes", extremes)
     logprobs = u.check_floating("logprobs", logprobs)
     ref_logprobs = u.check_floating("ref_logprobs", ref_logprobs)
     u.check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
@@ -124,4 +136,5 @@ def kl_estimate(
         where,
         estimator=estimator,
         reduction=reduction,
+        extremes=extremes,
     )

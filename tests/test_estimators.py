@@ -181,3 +181,29 @@ def test_max_value_clips_each_estimate_and_its_gradient():
     np.testing.assert_allclose(k1, [-3.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="max_value"):
         jp.kl_estimate(logp, ref, max_value=jnp.asarray(-1.0))
+
+
+def test_extremes_report_the_per_position_spike_a_mean_hides():
+    # One spiky position among quiet ones; masked garbage is ignored.
+    p = jax.nn.log_softmax(jnp.asarray([[0.0, 0.0], [5.0, -5.0], [0.1, 0.0]]))
+    q = jax.nn.log_softmax(jnp.zeros((3, 2)))
+    where = jnp.asarray([1, 1, 0])
+    per = np.asarray(jp.kl_divergence(p, q, reduction="none"))
+    mean, m = jp.kl_divergence(p, q, where=where, extremes=True)
+    np.testing.assert_allclose(mean, per[:2].mean(), rtol=1e-6)
+    np.testing.assert_allclose(m["max"], per[1], rtol=1e-6)
+    np.testing.assert_allclose(m["min"], per[0], atol=1e-7)
+    for f in (
+        lambda: jp.js_divergence(p, q, extremes=True),
+        lambda: jp.entropy(p, extremes=True),
+        lambda: jp.kl_estimate(p[:, 0], q[:, 0], extremes=True),
+    ):
+        value, metrics = f()
+        assert set(metrics) == {"max", "min"} and metrics["max"] >= metrics["min"]
+    # regularize reports them beside the value.
+    pen = jp.Penalty(jp.kl_divergence, inputs=("p", "q"), kwargs={"extremes": True})
+    _, aux = jp.regularize(lambda params, b: 0.0, [pen])({}, {"p": p, "q": q})
+    np.testing.assert_allclose(aux["penalties"]["kl_divergence"]["max"], per.max())
+    # Nothing kept: 0, never ±inf.
+    _, m = jp.kl_divergence(p, q, where=jnp.zeros(3), extremes=True)
+    assert float(m["max"]) == 0.0 and float(m["min"]) == 0.0
