@@ -36,9 +36,17 @@ def _check_weight(weight: Any) -> Any:
     return u.check_scalar("weight", weight, low=0.0)
 
 
+def _mask_is_callable(mask: Any) -> bool:
+    """optax.masked's rule: a mask is a function when all its pytree leaves are
+    callable. A callable pytree of booleans (an equinox Module used as a mask)
+    is a mask tree, not a function."""
+    leaves = jax.tree.leaves(jax.tree.map(callable, mask))
+    return len(leaves) > 0 and all(leaves)
+
+
 def _leaf_mask(mask: Any, params: Any) -> list[bool]:
     """One Python bool per leaf of ``params`` (``mask`` may be a prefix tree)."""
-    mask_tree = mask(params) if callable(mask) else mask
+    mask_tree = mask(params) if _mask_is_callable(mask) else mask
     try:
         full = jax.tree.map(
             lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params

@@ -369,3 +369,32 @@ class TestErrors:
             jp.add_l1_decay(jnp.ones(2))
         with pytest.raises(ValueError, match=r"`l1_ratio` to be in \[0, 1\]"):
             jp.add_elastic_net_decay(0.1, 1.5)
+
+
+@jax.tree_util.register_pytree_node_class
+class _CallableMask:
+    """A callable pytree of booleans, as an equinox Module used as a mask."""
+
+    def __init__(self, w, b):
+        self.w, self.b = w, b
+
+    def __call__(self, x):  # a model's forward pass, not a mask function
+        raise AssertionError("the mask must not be called")
+
+    def tree_flatten(self):
+        return (self.w, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def test_a_callable_pytree_mask_is_a_mask_tree_as_in_optax():
+    params = _CallableMask(jnp.ones(3), jnp.ones(2))
+    mask = _CallableMask(True, False)
+    tx = jp.add_penalty_gradient(jp.l2, 0.5, mask=mask)
+    updates, _ = tx.update(
+        jax.tree.map(jnp.zeros_like, params), tx.init(params), params
+    )
+    np.testing.assert_allclose(updates.w, 0.5 * 2 * np.ones(3))
+    np.testing.assert_array_equal(updates.b, 0.0)
