@@ -44,6 +44,7 @@ from jaxpenalties.token_logprobs import (
 )
 from jaxpenalties.transforms import add_elastic_net_decay as add_elastic_net_decay
 from jaxpenalties.transforms import add_l1_decay as add_l1_decay
+from jaxpenalties.transforms import add_l2_sp_decay as add_l2_sp_decay
 from jaxpenalties.transforms import add_penalty_gradient as add_penalty_gradient
 from jaxpenalties.validation import check_finite as check_finite
 
@@ -54,6 +55,7 @@ __all__ = [
     "adaptive_kl_controller",
     "add_elastic_net_decay",
     "add_l1_decay",
+    "add_l2_sp_decay",
     "add_penalty_gradient",
     "aggregate",
     "check_finite",

@@ -398,3 +398,26 @@ def test_a_callable_pytree_mask_is_a_mask_tree_as_in_optax():
     )
     np.testing.assert_allclose(updates.w, 0.5 * 2 * np.ones(3))
     np.testing.assert_array_equal(updates.b, 0.0)
+
+
+def test_l2_sp_decay_keeps_the_centre_in_the_state_and_matches_the_closure():
+    rng = np.random.default_rng(0)
+    params = {
+        "a": jnp.asarray(rng.normal(size=(3, 2))),
+        "b": jnp.asarray(rng.normal(size=4)),
+    }
+    center = jax.tree.map(lambda x: x + 0.5, params)
+    updates = jax.tree.map(jnp.ones_like, params)
+    ours = jp.add_l2_sp_decay(0.3, center, mask={"a": True, "b": False})
+    closure = jp.add_penalty_gradient(
+        functools.partial(jp.l2, center=center), 0.3, mask={"a": True, "b": False}
+    )
+    state = ours.init(params)
+    got, state = jax.jit(ours.update)(updates, state, params)
+    want, _ = closure.update(updates, closure.init(params), params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    np.testing.assert_allclose(got["a"], 1 + 0.3 * 2 * (-0.5))
+    assert int(state.count) == 1 and state.center is not None
+    with pytest.raises(ValueError, match="structure"):
+        jp.add_l2_sp_decay(0.1, {"a": center["a"]}).init(params)
