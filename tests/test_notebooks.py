@@ -35,6 +35,7 @@ def test_there_are_notebooks():
         "01_kl_directions.ipynb",
         "02_catastrophic_forgetting.ipynb",
         "03_large_vocab_distillation.ipynb",
+        "04_grpo_kl.ipynb",
     ]
 
 
