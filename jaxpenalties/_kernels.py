@@ -1,4 +1,4 @@
-"""Exact per-position divergence kernels over the last axis, with analytic VJPs.
+"""Exact per-position divergence kernels over the last axis, with analytic JVPs.
 
 Private. :func:`divergence` takes the inputs as the user gave them (any float
 dtype, with a position mask and an optional temperature) and returns the
@@ -98,8 +98,8 @@ def _log_probs(x, mask, t, logits, dtype):
 
 
 def _through_normalisation(g, normalised, s, t, logits):
-    """Cotangents w.r.t. x (and T) from the cotangent ``g`` w.r.t. the
-    log-probs (see the module docstring)."""
+    """Cotangents w.r.t. x (and, per row, T) from the cotangent ``g`` w.r.t.
+    the log-probs (see the module docstring)."""
     if s is None:
         return g, None
     ds = g - jnp.exp(normalised) * jnp.sum(g, axis=-1, keepdims=True)
@@ -107,7 +107,7 @@ def _through_normalisation(g, normalised, s, t, logits):
         return ds, None
     # Σ ds · s over entries with s = −inf is 0 · lo = 0: no derivative to T.
     t = _at_least_tiny(t)
-    dt = -jnp.sum(ds * finite(s)) / t
+    dt = -jnp.sum(ds * finite(s), axis=-1) / t
     dx = ds / t
     if not logits:
         dx = jnp.where(t == 1, g, dx)
@@ -149,8 +149,9 @@ def _fast_values(kind, a, b, beta):
         # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
         ta, tb = _js_terms(a, b, beta)
         return _sum(jnp.maximum(ta + tb, 0))
-    # p log p with log p ≤ 0 (a log-prob above 0 only by rounding): −H ≤ 0.
-    return _sum(jnp.exp(a) * jnp.minimum(finite(a), 0))
+    # −H = Σ p log p ≤ 0; a positive sum comes only from rounding or log-probs
+    # above 0 (rounding in a log_softmax), so the row is floored at 0 there.
+    return jnp.minimum(_sum(jnp.exp(a) * finite(a)), 0)
 
 
 def _exact_values(kind, a, b):
@@ -203,7 +204,7 @@ def _values(kind, logits, a, b, mask, t, beta):
     return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def divergence(kind, logits, a, b, mask, t, beta):
     """Per-position ``kind`` divergence of the distributions given by ``a`` and
     ``b`` over the last axis.
@@ -223,13 +224,9 @@ def divergence(kind, logits, a, b, mask, t, beta):
     return _values(kind, logits, a, b, mask, t, beta)
 
 
-def _divergence_fwd(kind, logits, a, b, mask, t, beta):
-    # The residuals are the inputs themselves: no copy is kept.
-    return _values(kind, logits, a, b, mask, t, beta), (a, b, mask, t, beta)
-
-
-def _divergence_bwd(kind, logits, res, g):
-    a, b, mask, t, beta = res
+def _coefficients(kind, logits, a, b, mask, t, beta):
+    """∂ value_row / ∂a, ∂ value_row / ∂b per element (in the compute dtype)
+    and ∂ value_row / ∂T per row; recomputed from the inputs themselves."""
     dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
     lp_a, norm_a, s_a = _log_probs(a, mask, t, logits, dtype)
     if b is None:
@@ -237,19 +234,35 @@ def _divergence_bwd(kind, logits, res, g):
     else:
         lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
     ga, gb = _grads(kind, lp_a, lp_b, beta)
-    g = g[..., None].astype(dtype)
-    da, dt = _through_normalisation(g * ga, norm_a, s_a, t, logits)
-    db = None
+    ca, dt = _through_normalisation(ga, norm_a, s_a, t, logits)
+    cb = None
     if b is not None:
-        db, dt_b = _through_normalisation(g * gb, norm_b, s_b, t, logits)
+        cb, dt_b = _through_normalisation(gb, norm_b, s_b, t, logits)
         dt = None if dt is None else dt + dt_b
-    return (
-        da.astype(a.dtype),
-        None if db is None else db.astype(b.dtype),
-        None,
-        None if t is None else dt.astype(t.dtype),
-        None if beta is None else jnp.zeros_like(beta),  # β is a constant
-    )
+    return ca, cb, dt
 
 
-divergence.defvjp(_divergence_fwd, _divergence_bwd)
+def _divergence_jvp(kind, logits, primals, tangents):
+    """The tangent Σ_v (∂/∂a · da + ∂/∂b · db) + ∂/∂T · dT per row: linear in
+    the tangents, so reverse mode transposes it into the analytic gradient
+    (the coefficients are elementwise in the inputs: under ``jit`` XLA fuses
+    them into the gradient instead of storing them). β gets no derivative."""
+    a, b, mask, t, beta = primals
+    da, db, _, dt, _ = tangents
+    values = _values(kind, logits, a, b, mask, t, beta)
+    ca, cb, ct = _coefficients(kind, logits, a, b, mask, t, beta)
+
+    def row(c, d):
+        if mask is not None:  # masked rows were read as zeros: no derivative
+            d = jnp.where(mask[..., None], d, jnp.zeros((), d.dtype))
+        return jnp.sum(c * d.astype(c.dtype), axis=-1)
+
+    tangent = row(ca, da)
+    if b is not None:
+        tangent = tangent + row(cb, db)
+    if t is not None:
+        tangent = tangent + ct * jnp.asarray(dt, ct.dtype)
+    return values, tangent.astype(values.dtype)
+
+
+divergence.defjvp(_divergence_jvp)

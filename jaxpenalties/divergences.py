@@ -142,7 +142,8 @@ def kl_divergence(
 
     Exact: a term with p = 0 is 0 (also where q = 0), a term with p > 0 and
     q = 0 makes the value +inf; no clipping and no probability floor.
-    Gradients are analytic (custom VJP) and finite wherever the value is.
+    Derivatives are analytic (custom JVP; reverse and forward mode) and
+    finite wherever the value is.
 
     Args:
       p_logprobs: log-probabilities of P, e.g. ``jax.nn.log_softmax(logits)``.

@@ -369,3 +369,30 @@ def test_spectral_orthogonality_of_zero_rows_is_zero():
     for mode in ("soft", "hard", "spectral"):
         assert float(jp.orthogonality(x, mode=mode)) == 0.0
     assert np.all(jax.grad(lambda x: jp.orthogonality(x, mode="spectral"))(x) == 0)
+
+
+@pytest.mark.parametrize("kind", ["forward", "symmetric", "js", "entropy"])
+def test_forward_mode_of_the_plain_divergences(kind):
+    # jax.jvp, jax.jacfwd and jax.linearize (optax's KL supports them) against
+    # the divergence written with jnp on the support, in float64.
+    with jax.enable_x64(True):
+        a, b = jnp.log(jnp.asarray(P)), jnp.log(jnp.asarray(Q))
+        va, vb = jnp.asarray([0.3, -0.2, 0.1, 0.7]), jnp.asarray([-0.1, 0.4, 0.2, 5.0])
+        _, got = jax.jvp(lambda a, b: ours(kind, a, b), (a, b), (va, vb))
+        _, want = jax.jvp(
+            lambda a, b: support_formula(kind, a, b, 0.3),
+            (a[:3], b[:3]),
+            (va[:3], vb[:3]),
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        jac = jax.jacfwd(lambda a: ours(kind, a, b))(a)
+        np.testing.assert_allclose(
+            jac, jax.grad(lambda a: ours(kind, a, b))(a), rtol=1e-12
+        )
+        _, lin = jax.linearize(lambda a: ours(kind, a, b), a)
+        np.testing.assert_allclose(lin(va), jac @ va, rtol=1e-12)
+        # With a traced temperature too.
+        t = jnp.asarray(1.7)
+        _, got_t = jax.jvp(lambda t: ours(kind, a, b, temperature=t), (t,), (1.0,))
+        want_t = jax.grad(lambda t: ours(kind, a, b, temperature=t))(t)
+        np.testing.assert_allclose(got_t, want_t, rtol=1e-12)
