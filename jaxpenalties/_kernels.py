@@ -5,9 +5,12 @@ dtype, with a position mask and an optional temperature) and returns the
 per-position value ``[...]`` in the compute dtype (float32, or float64). The
 upcast, the mask and the temperature are applied *inside* every fusion that
 reads the inputs, never as a separate float32 copy: for bf16 inputs the value
-reads each input once, and the gradient re-reads the inputs (the residuals are
-the inputs themselves) and writes the input-dtype gradient once. That is the
-memory floor.
+reads each input once, and the gradient re-reads the inputs and writes the
+input-dtype gradient once. That is the memory floor. The derivative is a custom
+JVP rule, Σ_v (∂/∂a · da + ∂/∂b · db) per row, whose coefficients are
+elementwise in the inputs: reverse mode transposes it into the gradient, which
+XLA fuses with the coefficients under ``jit`` instead of storing them, and
+forward mode (``jax.jvp``) works as well.
 
 With ``a = log p``, ``b = log q`` the kernels and their gradients are
 
