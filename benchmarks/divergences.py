@@ -124,7 +124,7 @@ SIZES = {"cpu": (1024, 32768), "llm": (8192, 128256)}
 
 
 def main(
-    rows: int = 1024, vocab: int = 32768, rounds: int = 15, dtype: str = "float32"
+    rows: int = 1024, vocab: int = 32768, rounds: int = 21, dtype: str = "float32"
 ) -> dict[str, float]:
     kp, kq = jax.random.split(jax.random.key(0))
     p = jax.nn.log_softmax(3 * jax.random.normal(kp, (rows, vocab))).astype(dtype)
@@ -172,7 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--rows", type=int, help="overrides --sizes")
     parser.add_argument("--vocab", type=int, help="overrides --sizes")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     rows, vocab = SIZES[args.sizes]
