@@ -78,6 +78,13 @@ def shifted(x, t):
     return s if t is None else s / _at_least_tiny(t)
 
 
+def log_softmax(x, t):
+    """``log_softmax(x / T)`` over the last axis (T = 1 for None), and the
+    shifted tempered logits ``s`` it is formed from."""
+    s = shifted(x, t)
+    return s - jnp.log(_sum(jnp.exp(s))[..., None]), s
+
+
 def _at_least_tiny(t):
     """T floored at the smallest normal float: a subnormal T is flushed to 0 on
     some backends (0 / 0 = NaN at the maximum); both are the greedy limit."""
@@ -88,19 +95,16 @@ def _log_probs(x, mask, t, logits, dtype):
     """The log-probabilities the kernel uses, those of the normalised form
     (equal unless ``x`` is used as given at T = 1), and the shifted tempered
     logits ``s`` (None when ``x`` is used as given)."""
-    if mask is not None:
-        x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
-    x = x.astype(dtype)
+    x = u.sanitize(x, mask).astype(dtype)
     if t is None and not logits:
         return x, x, None
-    s = shifted(x, t)
-    normalised = s - jnp.log(_sum(jnp.exp(s))[..., None])
+    normalised, s = log_softmax(x, t)
     if logits:
         return normalised, normalised, s
     return jnp.where(t == 1, x, normalised), normalised, s
 
 
-def _through_normalisation(g, normalised, s, t, logits):
+def through_normalisation(g, normalised, s, t, logits):
     """Cotangents w.r.t. x (and, per row, T) from the cotangent ``g`` w.r.t.
     the log-probs (see the module docstring)."""
     if s is None:
@@ -152,8 +156,12 @@ def _fast_values(kind, a, b, beta):
         # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
         ta, tb = _js_terms(a, b, beta)
         return _sum(jnp.maximum(ta + tb, 0))
-    # −H = Σ p log p ≤ 0; a positive sum comes only from rounding or log-probs
-    # above 0 (rounding in a log_softmax), so the row is floored at 0 there.
+    return neg_entropy(a)
+
+
+def neg_entropy(a):
+    """Σ p log p per row (= −H ≤ 0). A positive sum comes only from rounding or
+    log-probs above 0 (rounding in a log_softmax): the row is floored at 0."""
     return jnp.minimum(_sum(jnp.exp(a) * finite(a)), 0)
 
 
@@ -237,10 +245,10 @@ def _coefficients(kind, logits, a, b, mask, t, beta):
     else:
         lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
     ga, gb = _grads(kind, lp_a, lp_b, beta)
-    ca, dt = _through_normalisation(ga, norm_a, s_a, t, logits)
+    ca, dt = through_normalisation(ga, norm_a, s_a, t, logits)
     cb = None
     if b is not None:
-        cb, dt_b = _through_normalisation(gb, norm_b, s_b, t, logits)
+        cb, dt_b = through_normalisation(gb, norm_b, s_b, t, logits)
         dt = None if dt is None else dt + dt_b
     return ca, cb, dt
 

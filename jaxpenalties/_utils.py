@@ -268,6 +268,26 @@ def _check_range(name, value, low, high, open_low, open_high) -> None:
     raise ValueError(f"Expected `{name}` to be {valid}, got {value!r}.")
 
 
+def check_ids(
+    name: str, ids: Any, size: int, *, keep: Any = None, allowed: str = ""
+) -> None:
+    """Raises ``ValueError`` if concrete integer ``ids`` fall outside [0,
+    ``size``) where ``keep`` (a concrete mask broadcastable to ``ids``, or None)
+    holds. Traced ids or masks cannot be checked at trace time: nothing is done.
+    ``allowed`` names other accepted values for the message."""
+    if isinstance(ids, jax.core.Tracer) or isinstance(keep, jax.core.Tracer):
+        return
+    values = np.asarray(ids)
+    bad = (values < 0) | (values >= size)
+    if keep is not None:
+        bad = bad & np.broadcast_to(np.asarray(keep) != 0, bad.shape)
+    if bad.any():
+        raise ValueError(
+            f"Expected `{name}` in [0, {size}){allowed}, got "
+            f"{values[bad].ravel()[:5].tolist()}."
+        )
+
+
 def named_leaves(tree: Any, root: str) -> list[tuple[str, Any]]:
     """The leaves of ``tree`` with readable names such as ``params['w'][0]``.
 

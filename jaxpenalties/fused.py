@@ -392,15 +392,14 @@ def _check_hard(
     smoothing = u.check_scalar(
         "label_smoothing", label_smoothing, low=0.0, high=1.0, open_high=True
     )
-    vocab = w.shape[1]
     if not isinstance(labels, jax.core.Tracer):  # concrete: check the range
-        values = np.asarray(labels)
-        bad = (values != ignore_index) & ((values < 0) | (values >= vocab))
-        if bad.any():
-            raise ValueError(
-                f"Expected `labels` in [0, {vocab}) or `ignore_index` "
-                f"({ignore_index}), got {values[bad].ravel()[:5].tolist()}."
-            )
+        u.check_ids(
+            "labels",
+            labels,
+            w.shape[1],
+            keep=np.asarray(labels) != ignore_index,
+            allowed=f" or `ignore_index` ({ignore_index})",
+        )
     return {
         "labels": labels,
         "soft_weight": u.check_scalar("soft_weight", soft_weight, low=0.0),
@@ -453,65 +452,40 @@ def _fused_impl(
     dtypes = (x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype)
     cfg = _Config(kind, has_t, dtypes, label_smoothing)
 
+    heads = (xs, w, rxs, ref_w, t, beta)
     if labels is not None:
+        weights = (soft_weight, hard_weight)
         return _distill(
-            cfg,
-            lay,
-            xs,
-            w,
-            rxs,
-            ref_w,
-            t,
-            beta,
-            valid,
-            labels,
-            soft_weight,
-            hard_weight,
-            ignore_index,
-            reduction,
+            cfg, lay, heads, valid, labels, weights, ignore_index, reduction
         )
     if method == "precompute" and reduction != "none":
         weights = lay.chunked(valid).astype(dtype)
-        total, _ = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, weights, None)
+        total, _ = _fused_total(cfg, *heads, weights, None)
         if reduction == "sum":
             return total
         count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
         return total / jnp.maximum(jnp.asarray(count, dtype), 1)
 
-    values = _fused_values(cfg, xs, w, rxs, ref_w, t, beta)  # [n_chunks, C]
+    values = _fused_values(cfg, *heads)  # [n_chunks, C]
     values = lay.unchunked(values)
     return u.reduce(values, reduction, mask)
 
 
-def _distill(
-    cfg,
-    lay,
-    xs,
-    w,
-    rxs,
-    ref_w,
-    t,
-    beta,
-    valid,
-    labels,
-    soft_weight,
-    hard_weight,
-    ignore_index,
-    reduction,
-):
+def _distill(cfg, lay, heads, valid, labels, weights, ignore_index, reduction):
     """soft · divergence + hard · CE(labels) in one pass, and both parts."""
-    dtype = t.dtype
+    soft_weight, hard_weight = weights
+    dtype = heads[4].dtype  # t's
     kept = valid & (labels != ignore_index)
     if reduction == "mean":
         soft_scale = soft_weight / jnp.maximum(jnp.sum(valid, dtype=dtype), 1)
         hard_scale = hard_weight / jnp.maximum(jnp.sum(kept, dtype=dtype), 1)
     else:
         soft_scale, hard_scale = soft_weight, hard_weight
-    weights = lay.chunked(valid).astype(dtype) * soft_scale
+    div_weights = lay.chunked(valid).astype(dtype) * soft_scale
     ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
     safe_labels = jnp.where(kept, labels, 0).astype(jnp.int32)
     hard = (lay.chunked(safe_labels), ce_weights)
-    total, (div, ce) = _fused_total(cfg, xs, w, rxs, ref_w, t, beta, weights, hard)
+    total, (div, ce) = _fused_total(cfg, *heads, div_weights, hard)
     div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
     metrics = {
         "divergence": u.reduce(div, reduction, valid),

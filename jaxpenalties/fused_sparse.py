@@ -30,9 +30,10 @@ def _impl(
     dtype = u.compute_dtype(x, w, teacher)
     lay = _chunking.layout(x, w, chunk_size)
     valid = jnp.ones(lay.positions, bool) if mask is None else mask
+    # Masked rows of x are zeroed (a NaN there would reach dw = xᵀ · dz);
+    # ``sparse._impl`` masks the indices and the teacher's rows itself.
     xs = lay.chunked(u.sanitize(x, mask))
-    idx = lay.chunked(jnp.where(valid[..., None], indices, 0))
-    tq = lay.chunked(u.sanitize(teacher, mask))
+    idx, tq = lay.chunked(indices), lay.chunked(teacher)
     ok = lay.chunked(valid)  # padded rows are masked too
 
     @jax.checkpoint

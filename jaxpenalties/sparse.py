@@ -88,7 +88,7 @@ def _impl(
 ):
     dtype = u.compute_dtype(student, teacher)
     if mask is not None:  # garbage indices at masked positions: read entry 0
-        indices = jnp.where(mask[..., None], indices, jnp.zeros((), indices.dtype))
+        indices = u.sanitize(indices, mask)
     g = jnp.take_along_axis(
         student,
         indices,
@@ -170,12 +170,7 @@ def _check_concrete_indices(indices, vocab, mask):
     rows = rows.reshape(-1, rows.shape[-1])
     if mask is not None:
         rows = rows[np.asarray(mask).reshape(-1)]
-    bad = (rows < 0) | (rows >= vocab)
-    if bad.any():
-        raise ValueError(
-            f"Expected every `teacher_indices` entry in [0, {vocab}) (the last axis "
-            f"of `student_logprobs`), got {rows[bad][0]}."
-        )
+    u.check_ids("teacher_indices", rows, vocab, allowed=" (the student's V)")
     ordered = np.sort(rows, axis=-1)
     if np.any(ordered[:, 1:] == ordered[:, :-1]):
         raise ValueError(

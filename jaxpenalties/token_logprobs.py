@@ -14,7 +14,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxpenalties import _chunking, _kernels
@@ -23,14 +22,11 @@ from jaxpenalties.divergences import _check_temperature
 
 
 def _chunk_stats(z, tokens, t):
-    """Shifted tempered logits s, their log-normaliser, log p(y) and H [C]."""
-    s = _kernels.shifted(z, t)
-    lse = jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))
-    s_y = jnp.take_along_axis(s, tokens[:, None], axis=-1)
-    p = jnp.exp(s - lse)
-    # H = −Σ p (s − lse) = lse − Σ p s; entries at s = −inf carry p = 0.
-    entropy = lse - jnp.sum(p * _kernels.finite(s), axis=-1, keepdims=True)
-    return s, lse, (s_y - lse)[:, 0], entropy[:, 0]
+    """Tempered log-probs a [C, V], shifted logits s, log p(y) and H [C]."""
+    a, s = _kernels.log_softmax(z, t)
+    logp = jnp.take_along_axis(a, tokens[:, None], axis=-1)[:, 0]
+    entropy = -_kernels.neg_entropy(a)  # the entropy kernel's H ≥ 0 rule
+    return a, s, logp, entropy
 
 
 def _value_scan(xs, w, tokens, t):
@@ -56,9 +52,9 @@ def _fwd(xs, w, tokens, t):
 
 
 def _bwd(res, g):
-    """Recomputes each chunk's logits. With a = s − lse, p = e^a:
-    ∂ log p(y) / ∂s = e_y − p and ∂H / ∂s = −p (a + H); then s = (z − max) / T.
-    Gradients nobody asked for are dead code that XLA removes."""
+    """Recomputes each chunk's logits; the cotangent w.r.t. the log-probs goes
+    through log_softmax(z / T) by the divergence kernel's rule. Gradients
+    nobody asked for are dead code that XLA removes."""
     xs, w, tokens, t = res
     g_logp, g_entropy = g
     dtype = u.compute_dtype(xs, w)
@@ -67,22 +63,21 @@ def _bwd(res, g):
     def step(acc, k):
         xc, tok = _chunking.chunk(xs, k), _chunking.chunk(tokens, k)
         z = _chunking.dot(xc, w, 1, 0, dtype)
-        s, lse, _, entropy = _chunk_stats(z, tok, t)
+        a, s = _kernels.log_softmax(z, t)
         gl = g_logp[k][:, None].astype(dtype)
         gh = g_entropy[k][:, None].astype(dtype)
-        p = jnp.exp(s - lse)
-        a = _kernels.finite(s - lse)
-        ds = -p * (gl + gh * (a + entropy[:, None]))
-        ds = ds.at[jnp.arange(ds.shape[0]), tok].add(gl[:, 0])
-        dz = ds if t is None else ds / t
-        dt = None if t is None else -jnp.sum(ds * _kernels.finite(s)) / t
+        # Cotangent w.r.t. the log-probs a: ∂ log p(y)/∂a = e_y and
+        # ∂H/∂a = −p (a + 1); the kernel's rule takes it through log_softmax.
+        g_a = -gh * jnp.exp(a) * (_kernels.finite(a) + 1)
+        g_a = g_a.at[jnp.arange(g_a.shape[0]), tok].add(gl[:, 0])
+        dz, dt = _kernels.through_normalisation(g_a, a, s, t, True)
         dz = dz.astype(mm)
         dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(xs.dtype)
         acc = dict(acc)
         acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
         acc["w"] = acc["w"] + _chunking.dot(xc, dz, 0, 0, dtype, like=w)
         if t is not None:
-            acc["t"] = acc["t"] + dt
+            acc["t"] = acc["t"] + jnp.sum(dt)
         return acc, None
 
     acc0 = {"x": jnp.zeros_like(xs), "w": jnp.zeros_like(w, dtype=dtype)}
@@ -195,16 +190,7 @@ def fused_linear_token_logprobs(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
             f"got shape {tokens.shape}."
         )
-    if not isinstance(tokens, jax.core.Tracer):  # concrete: check the range
-        ids = np.asarray(tokens)
-        bad = (ids < 0) | (ids >= w.shape[1])
-        if where is not None and not isinstance(where, jax.core.Tracer):
-            bad = bad & np.broadcast_to(np.asarray(where) != 0, bad.shape)
-        if bad.any():
-            raise ValueError(
-                f"Expected `tokens` in [0, {w.shape[1]}), got "
-                f"{ids[bad].ravel()[:5].tolist()}."
-            )
+    u.check_ids("tokens", tokens, w.shape[1], keep=where)
     if chunk_size is not None:
         u.check_int("chunk_size", chunk_size, minimum=1)
     u.check_bool("entropy", entropy)
