@@ -16,14 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
-import numbers
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxpenalties import _regularize_steps as steps
 from jaxpenalties import _utils as u
@@ -35,43 +32,6 @@ def _callable_name(fn: Callable) -> str:
         fn = fn.func
     name = getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__name__
-
-
-def _check_weight(weight: Any, what: str) -> Any:
-    """Validates a weight: a number >= 0, a concrete scalar array, or a schedule.
-
-    Returns a Python float for numbers (and concrete arrays), the schedule
-    itself for callables.
-    """
-    if callable(weight):
-        return weight
-    if isinstance(weight, jax.core.Tracer):
-        raise TypeError(
-            f"Expected {what} to be a Python number or a schedule, got a traced "
-            "value. To change a weight inside a jitted step, pass "
-            "`weights={name: value}` or `step=` when calling the regularised "
-            "function; that never recompiles."
-        )
-    if isinstance(weight, bool) or not isinstance(
-        weight, (numbers.Real, np.ndarray, np.generic, jax.Array)
-    ):
-        raise TypeError(
-            f"Expected {what} to be a number >= 0 or a schedule (a callable "
-            f"step -> weight), got {weight!r}."
-        )
-    if not isinstance(weight, numbers.Real):
-        if np.ndim(weight) != 0 or not np.issubdtype(
-            np.asarray(weight).dtype, np.number
-        ):
-            raise TypeError(
-                f"Expected {what} to be a scalar number, got an array of shape "
-                f"{np.shape(weight)}."
-            )
-        weight = float(np.asarray(weight))
-    weight = float(weight)
-    if not (math.isfinite(weight) and weight >= 0.0):
-        raise ValueError(f"Expected {what} to be a finite number >= 0, got {weight}.")
-    return weight
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -150,7 +110,8 @@ class Penalty:
             raise ValueError("Expected `inputs` to name at least one input, got ().")
         object.__setattr__(self, "inputs", tuple(inputs))
 
-        object.__setattr__(self, "weight", _check_weight(self.weight, "`weight`"))
+        weight = u.check_weight("weight", self.weight, fixed=True)
+        object.__setattr__(self, "weight", weight)
 
         name = self.name if self.name is not None else _callable_name(self.fn)
         if not isinstance(name, str) or not name:
