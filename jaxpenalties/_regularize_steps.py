@@ -52,18 +52,13 @@ def call(
         for spec, w in zip(config.penalties, ws, strict=True)
     ]
     dtype = u.compute_dtype(loss, *(value for value, _ in terms))
-    total = loss.astype(dtype)
-    report = {}
-    for spec, w, (value, metrics) in zip(config.penalties, ws, terms, strict=True):
-        contribution = weighted(w, value, dtype)
-        total = total + contribution
-        report[spec.name] = {
-            "value": value,
-            "weight": w.astype(dtype),
-            "contribution": contribution,
-            **metrics,
-        }
-        if config.track_grad_norms:
+    report = {
+        spec.name: term_entry(w, value, metrics, dtype)
+        for spec, w, (value, metrics) in zip(config.penalties, ws, terms, strict=True)
+    }
+    total = sum((e["contribution"] for e in report.values()), loss.astype(dtype))
+    if config.track_grad_norms:
+        for spec, w in zip(config.penalties, ws, strict=True):
             norm = term_grad_norm(config, spec, w, params, batch, args, dtype)
             report[spec.name]["grad_norm"] = weighted(w, norm, dtype)
     aux = {"loss": loss, "penalties": report}
@@ -98,8 +93,7 @@ def weights_at(
 
 
 def weight_of(spec: Penalty, step: Any, overrides: Mapping[str, Any]) -> jax.Array:
-    """One term's weight: ``overrides[name]``, else its schedule at ``step``, else
-    its number."""
+    """A term's weight: its override, else its schedule at ``step``, else its number."""
     if spec.name in overrides:
         # Concrete values (numbers, concrete arrays) are checked: finite and
         # >= 0. Traced ones are used as they are.
@@ -111,9 +105,20 @@ def weight_of(spec: Penalty, step: Any, overrides: Mapping[str, Any]) -> jax.Arr
     return as_scalar(w, f"Expected the weight of penalty {spec.name!r} to be a scalar")
 
 
+def term_entry(
+    w: jax.Array, value: jax.Array, metrics: Mapping[str, Any], dtype: Any
+) -> dict[str, Any]:
+    """A term's ``aux["penalties"]`` entry: value, weight, contribution, metrics."""
+    return {
+        "value": value,
+        "weight": w.astype(dtype),
+        "contribution": weighted(w, value, dtype),
+        **metrics,
+    }
+
+
 def weighted(w: jax.Array, x: jax.Array, dtype: Any) -> jax.Array:
-    """``w · x`` in ``dtype``, exactly 0 where ``w == 0`` (even for an inf or NaN
-    ``x``)."""
+    """``w · x`` in ``dtype``; exactly 0 where ``w == 0``, even for inf or NaN ``x``."""
     w = w.astype(dtype)
     return jnp.where(w == 0, jnp.zeros((), dtype), w * x.astype(dtype))
 
@@ -132,8 +137,7 @@ def as_scalar(x: Any, expected: str, hint: str = "") -> jax.Array:
 
 
 def as_pair(out: Any) -> tuple[Any, Any] | None:
-    """``out`` as ``(first, second)``: ``(out, {})`` when it is not a tuple, None
-    when it is a tuple of another length than 2."""
+    """``out`` if a pair, ``(out, {})`` if not a tuple, None for other tuples."""
     if not isinstance(out, tuple):
         return out, {}
     return out if len(out) == 2 else None
@@ -158,8 +162,7 @@ def split_loss(out: Any) -> tuple[jax.Array, Mapping[str, Any]]:
 
 
 def split_result(result: Any, penalty: str) -> tuple[jax.Array, dict[str, Any]]:
-    """A penalty's ``value`` or ``(value, metrics)`` as a 0-d value and checked
-    metrics."""
+    """A penalty's ``value`` or ``(value, metrics)`` as a 0-d value and metrics."""
     pair = as_pair(result)
     if pair is None or not isinstance(pair[1], Mapping):
         raise TypeError(
@@ -270,7 +273,7 @@ def term_grad_norm(
     args: tuple[Any, ...],
     dtype: Any,
 ) -> jax.Array:
-    """‖∇_params valueₖ‖₂ of one term, from its own forward and backward pass."""
+    """‖∇_params valueₖ‖₂ of one term, by its own backward pass."""
 
     def value(p):
         _, outputs = split_loss(config.loss_fn(p, batch, *args))
@@ -280,9 +283,10 @@ def term_grad_norm(
 
 
 def grad_norm(fn: Callable[[Any], jax.Array], params: Any, dtype: Any) -> jax.Array:
-    """‖∇ fn(params)‖₂ over the floating array leaves of ``params`` (other
-    leaves, such as the activation functions of an equinox module, are held
-    fixed), as a metric: no gradient flows through it.
+    """‖∇ fn(params)‖₂ over the floating array leaves of ``params``, as a metric.
+
+    Other leaves (such as the activation functions of an equinox module) are
+    held fixed, and no gradient flows through the result.
 
     One backward pass per term, so a NaN in one term's gradient never reaches
     another term's norm (a shared pass with zero cotangents would give 0 · NaN).
