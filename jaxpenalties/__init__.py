@@ -42,6 +42,8 @@ from jaxpenalties.sparse import sparse_kl_divergence as sparse_kl_divergence
 from jaxpenalties.token_logprobs import (
     fused_linear_token_logprobs as fused_linear_token_logprobs,
 )
+from jaxpenalties.transforms import L2SPState as L2SPState
+from jaxpenalties.transforms import PenaltyGradientState as PenaltyGradientState
 from jaxpenalties.transforms import add_elastic_net_decay as add_elastic_net_decay
 from jaxpenalties.transforms import add_l1_decay as add_l1_decay
 from jaxpenalties.transforms import add_l2_sp_decay as add_l2_sp_decay
@@ -51,7 +53,9 @@ from jaxpenalties.validation import check_finite as check_finite
 __version__ = "0.1.0"
 
 __all__ = [
+    "L2SPState",
     "Penalty",
+    "PenaltyGradientState",
     "adaptive_kl_controller",
     "add_elastic_net_decay",
     "add_l1_decay",

@@ -18,6 +18,8 @@ import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
 PARAM_REDUCTIONS = ("sum", "mean")
+DIRECTIONS = ("forward", "reverse")
+ENTROPY_MODES = ("bonus", "penalty")
 
 
 def _is_array_like_value(value: Any) -> bool:
@@ -126,6 +128,15 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
             f"{ndim}, got {axis}."
         )
     return axis % ndim
+
+
+def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
+    """Validates a pair of log-prob arrays; returns them and the positive axis."""
+    p = check_floating(names[0], p)
+    q = check_floating(names[1], q)
+    check_same_shape(names[0], p, names[1], q)
+    axis = normalize_axis(axis, p.ndim)
+    return p, q, axis
 
 
 def broadcast_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
@@ -286,6 +297,91 @@ def check_ids(
             f"Expected `{name}` in [0, {size}){allowed}, got "
             f"{values[bad].ravel()[:5].tolist()}."
         )
+
+
+def check_temperature(temperature: Any) -> Any:
+    """Returns None for a Python temperature of exactly 1 (no re-normalisation).
+
+    A concrete temperature (a number or a concrete array) must be finite and
+    > 0; a tiny one is the greedy limit (argmax), never NaN. Any other value
+    than the Python 1 (including an array, traced or not) is kept dynamic so
+    that changing it never recompiles. A traced T ≤ 0 or non-finite T cannot
+    be checked and gives NaN.
+    """
+    temperature = check_scalar("temperature", temperature, low=0.0, open_low=True)
+    if isinstance(temperature, float):
+        if temperature == 1:
+            return None
+        # A strongly typed scalar in the default float width: Python floats and
+        # float32 arrays share one compiled version, and x64 keeps all digits.
+        return np.asarray(temperature, np.float64 if _x64() else np.float32)
+    return temperature
+
+
+def _x64() -> bool:
+    """Whether float64 is enabled here (also inside ``jax.enable_x64``)."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
+
+
+def check_beta(beta: Any) -> float:
+    """The JS mixture weight: a static Python number in the open interval (0, 1),
+    returned as a ``float`` (an array, traced or not, is refused)."""
+    check_static("beta", beta)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise ValueError(f"Expected `beta` to be a Python float, got {beta!r}.")
+    if not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"Expected `beta` to be in the open interval (0, 1), got {beta!r}. "
+            "At the ends JS_beta is identically 0; use `kl_divergence` for those "
+            "limits."
+        )
+    return float(beta)
+
+
+def check_max_log_ratio(c: Any) -> Any:
+    """None (no clipping), or a number > 0 as :func:`check_scalar` checks it."""
+    if c is None:
+        return None
+    return check_scalar("max_log_ratio", c, low=0.0, open_low=True)
+
+
+def check_weight(name: str, weight: Any, *, fixed: bool = False) -> Any:
+    """A weight >= 0, or a schedule (a callable ``step -> weight``, returned as
+    is).
+
+    By default a number is checked by :func:`check_scalar` (a traced weight is
+    kept dynamic). With ``fixed`` the weight is part of a spec built once: a
+    traced value, a non-number and a non-scalar array raise ``TypeError``; and
+    a number or concrete scalar array is returned as a Python ``float``.
+    """
+    if callable(weight):
+        return weight
+    if not fixed:
+        return check_scalar(name, weight, low=0.0)
+    if isinstance(weight, jax.core.Tracer):
+        raise TypeError(
+            f"Expected `{name}` to be a Python number or a schedule, got a traced "
+            "value. To change a weight inside a jitted step, pass "
+            "`weights={name: value}` or `step=` when calling the regularised "
+            "function; that never recompiles."
+        )
+    if isinstance(weight, bool) or not (
+        isinstance(weight, numbers.Real) or _is_array_like_value(weight)
+    ):
+        raise TypeError(
+            f"Expected `{name}` to be a number >= 0 or a schedule (a callable "
+            f"step -> weight), got {weight!r}."
+        )
+    if not isinstance(weight, numbers.Real):
+        if np.ndim(weight) != 0 or not np.issubdtype(
+            np.asarray(weight).dtype, np.number
+        ):
+            raise TypeError(
+                f"Expected `{name}` to be a scalar number, got an array of shape "
+                f"{np.shape(weight)}."
+            )
+        weight = float(np.asarray(weight))
+    return check_scalar(name, float(weight), low=0.0)
 
 
 def named_leaves(tree: Any, root: str) -> list[tuple[str, Any]]:

@@ -233,7 +233,7 @@ def consistency(
     u.check_option("metric", metric, CONSISTENCY_METRICS)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     if metric == "kl":
-        divergences.check_pair(a, b, -1, names=("a", "b"))
+        u.check_pair(a, b, -1, names=("a", "b"))
         return divergences.kl_divergence(
             a, b, symmetric=True, reduction=reduction, where=where
         )

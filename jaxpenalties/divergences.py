@@ -8,69 +8,16 @@ entropy over a distribution axis (the vocabulary axis of an LM), with
 from __future__ import annotations
 
 import functools
-import numbers
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
 
-DIRECTIONS = ("forward", "reverse")
-ENTROPY_MODES = ("bonus", "penalty")
-
-
 # ----------------------------------------------------------------------------
 # Shared preparation: validation (eager, at trace time), then a jitted core.
 # ----------------------------------------------------------------------------
-
-
-def _check_temperature(temperature: Any) -> Any:
-    """Returns None for a Python temperature of exactly 1 (no re-normalisation).
-
-    A concrete temperature (a number or a concrete array) must be finite and
-    > 0; a tiny one is the greedy limit (argmax), never NaN. Any other value
-    than the Python 1 (including an array, traced or not) is kept dynamic so
-    that changing it never recompiles. A traced T ≤ 0 or non-finite T cannot
-    be checked and gives NaN.
-    """
-    temperature = u.check_scalar("temperature", temperature, low=0.0, open_low=True)
-    if isinstance(temperature, float):
-        if temperature == 1:
-            return None
-        # A strongly typed scalar in the default float width: Python floats and
-        # float32 arrays share one compiled version, and x64 keeps all digits.
-        return np.asarray(temperature, np.float64 if _x64() else np.float32)
-    return temperature
-
-
-def _x64() -> bool:
-    """Whether float64 is enabled here (also inside ``jax.enable_x64``)."""
-    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
-
-
-def _check_beta(beta: Any) -> float:
-    u.check_static("beta", beta)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise ValueError(f"Expected `beta` to be a Python float, got {beta!r}.")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(
-            f"Expected `beta` to be in the open interval (0, 1), got {beta!r}. "
-            "At the ends JS_beta is identically 0; use `kl_divergence` for those "
-            "limits."
-        )
-    return float(beta)
-
-
-def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
-    """Validates a pair of log-prob arrays; returns them and the positive axis."""
-    p = u.check_floating(names[0], p)
-    q = u.check_floating(names[1], q)
-    u.check_same_shape(names[0], p, names[1], q)
-    axis = u.normalize_axis(axis, p.ndim)
-    return p, q, axis
 
 
 def _run(kind, xs, axis, where, temperature, beta=None, logits=False):
@@ -183,11 +130,11 @@ def kl_divergence(
     References:
       Kullback and Leibler, On Information and Sufficiency, 1951.
     """
-    u.check_option("direction", direction, DIRECTIONS)
+    u.check_option("direction", direction, u.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
-    temperature = _check_temperature(temperature)
+    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
+    temperature = u.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _kl_impl(
@@ -271,10 +218,10 @@ def js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = _check_beta(beta)
+    beta = u.check_beta(beta)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = check_pair(p_logprobs, q_logprobs, axis)
-    temperature = _check_temperature(temperature)
+    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
+    temperature = u.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _js_impl(
@@ -361,7 +308,7 @@ def entropy(
       Function Optimization using Connectionist Reinforcement Learning
       Algorithms (entropy regularisation), 1991.
     """
-    u.check_option("mode", mode, ENTROPY_MODES)
+    u.check_option("mode", mode, u.ENTROPY_MODES)
     u.check_bool("normalize", normalize)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x = u.check_floating("logprobs", logprobs)
@@ -371,7 +318,7 @@ def entropy(
             "Expected the `axis` of `logprobs` to have size >= 2 with "
             f"normalize=True (log of its size is the divisor), got {x.shape[axis]}."
         )
-    temperature = _check_temperature(temperature)
+    temperature = u.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _entropy_impl(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +11,6 @@ from jax import lax
 from jaxpenalties import _utils as u
 
 ESTIMATORS = ("k1", "k2", "k3")
-
-
-def _check_max_log_ratio(c: Any) -> Any:
-    if c is None:
-        return None
-    return u.check_scalar("max_log_ratio", c, low=0.0, open_low=True)
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction", "extremes"))
@@ -125,7 +118,7 @@ def kl_estimate(
     logprobs = u.check_floating("logprobs", logprobs)
     ref_logprobs = u.check_floating("ref_logprobs", ref_logprobs)
     u.check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
-    max_log_ratio = _check_max_log_ratio(max_log_ratio)
+    max_log_ratio = u.check_max_log_ratio(max_log_ratio)
     if max_value is not None:
         max_value = u.check_scalar("max_value", max_value, low=0.0, open_low=True)
     return _kl_estimate_impl(

@@ -53,7 +53,6 @@ from jax import lax
 
 from jaxpenalties import _chunking, _kernels
 from jaxpenalties import _utils as u
-from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
 
 # ----------------------------------------------------------------------------
 # Per-chunk math
@@ -589,14 +588,14 @@ def fused_linear_kl_divergence(
       (fused linear cross-entropy / JSD). Hinton et al., Distilling the
       Knowledge in a Neural Network, 2015.
     """
-    u.check_option("direction", direction, DIRECTIONS)
+    u.check_option("direction", direction, u.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
     hard = _check_hard(
         labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
     )
-    temperature = _check_temperature(temperature)
+    temperature = u.check_temperature(temperature)
     return _fused_impl(
         x,
         w,
@@ -680,13 +679,13 @@ def fused_linear_js_divergence(
       Self-Generated Mistakes (GKD), 2024. Hsu et al., Liger Kernel: Efficient
       Triton Kernels for LLM Training, 2024.
     """
-    beta = _check_beta(beta)
+    beta = u.check_beta(beta)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
     hard = _check_hard(
         labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
     )
-    temperature = _check_temperature(temperature)
+    temperature = u.check_temperature(temperature)
     return _fused_impl(
         x,
         w,

@@ -18,7 +18,6 @@ from jax import lax
 
 from jaxpenalties import _chunking, sparse
 from jaxpenalties import _utils as u
-from jaxpenalties.divergences import DIRECTIONS, _check_beta
 
 
 @functools.partial(
@@ -136,7 +135,7 @@ def fused_linear_sparse_kl_divergence(
       2015. Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM
       Training, 2024.
     """
-    u.check_option("direction", direction, DIRECTIONS)
+    u.check_option("direction", direction, u.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     args = _check(
         x,
@@ -206,7 +205,7 @@ def fused_linear_sparse_js_divergence(
     References:
       Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    beta = _check_beta(beta)
+    beta = u.check_beta(beta)
     args = _check(
         x,
         w,

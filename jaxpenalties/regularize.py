@@ -16,20 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
-import numbers
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
+from jaxpenalties import _regularize_steps as steps
 from jaxpenalties import _utils as u
-
-_RESERVED_METRICS = ("value", "weight", "contribution", "grad_norm")
 
 
 def _callable_name(fn: Callable) -> str:
@@ -38,43 +32,6 @@ def _callable_name(fn: Callable) -> str:
         fn = fn.func
     name = getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__name__
-
-
-def _check_weight(weight: Any, what: str) -> Any:
-    """Validates a weight: a number >= 0, a concrete scalar array, or a schedule.
-
-    Returns a Python float for numbers (and concrete arrays), the schedule
-    itself for callables.
-    """
-    if callable(weight):
-        return weight
-    if isinstance(weight, jax.core.Tracer):
-        raise TypeError(
-            f"Expected {what} to be a Python number or a schedule, got a traced "
-            "value. To change a weight inside a jitted step, pass "
-            "`weights={name: value}` or `step=` when calling the regularised "
-            "function; that never recompiles."
-        )
-    if isinstance(weight, bool) or not isinstance(
-        weight, (numbers.Real, np.ndarray, np.generic, jax.Array)
-    ):
-        raise TypeError(
-            f"Expected {what} to be a number >= 0 or a schedule (a callable "
-            f"step -> weight), got {weight!r}."
-        )
-    if not isinstance(weight, numbers.Real):
-        if np.ndim(weight) != 0 or not np.issubdtype(
-            np.asarray(weight).dtype, np.number
-        ):
-            raise TypeError(
-                f"Expected {what} to be a scalar number, got an array of shape "
-                f"{np.shape(weight)}."
-            )
-        weight = float(np.asarray(weight))
-    weight = float(weight)
-    if not (math.isfinite(weight) and weight >= 0.0):
-        raise ValueError(f"Expected {what} to be a finite number >= 0, got {weight}.")
-    return weight
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -153,7 +110,8 @@ class Penalty:
             raise ValueError("Expected `inputs` to name at least one input, got ().")
         object.__setattr__(self, "inputs", tuple(inputs))
 
-        object.__setattr__(self, "weight", _check_weight(self.weight, "`weight`"))
+        weight = u.check_weight("weight", self.weight, fixed=True)
+        object.__setattr__(self, "weight", weight)
 
         name = self.name if self.name is not None else _callable_name(self.fn)
         if not isinstance(name, str) or not name:
@@ -182,136 +140,45 @@ class Penalty:
             )
 
 
-# ----------------------------------------------------------------------------
-# Call-time helpers (run while tracing; everything they produce is an array).
-# ----------------------------------------------------------------------------
-
-
-class _MissingInputError(KeyError):
-    """A penalty input name found nowhere; str() is the plain message."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _resolve(entry, params, batch, outputs, penalty: str, role: str):
-    if callable(entry):
-        return entry(params, batch, outputs)
-    if entry in outputs:
-        return outputs[entry]
-    if isinstance(batch, Mapping) and entry in batch:
-        return batch[entry]
-    if entry == "params":
-        return params
-    batch_keys = (
-        f"batch keys {sorted(map(str, batch))}"
-        if isinstance(batch, Mapping)
-        else f"no batch keys (batch is a {type(batch).__name__}, not a dict)"
-    )
-    raise _MissingInputError(
-        f"Penalty {penalty!r}: {role} {entry!r} not found. Available: outputs keys "
-        f"{sorted(map(str, outputs))}, {batch_keys}, and 'params'."
-    )
-
-
-def _gate(tree, off):
-    """Identity in value; drops the cotangent (NaN included) when ``off``.
-
-    ``where(off, stop_gradient(x), x)``: the gradient of a switched-off term is
-    exactly 0 even where the term's own gradient is inf or NaN.
-    """
-
-    def leaf(x):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact):
-            return jnp.where(off, jax.lax.stop_gradient(x), x)
-        return x
-
-    return jax.tree.map(leaf, tree)
-
-
-def _split_loss(out):
-    if isinstance(out, tuple):
-        if len(out) != 2:
-            raise TypeError(
-                "Expected `loss_fn` to return `loss` or `(loss, outputs)`, got a "
-                f"tuple of length {len(out)}."
-            )
-        loss, outputs = out
-        outputs = {} if outputs is None else outputs
-        if not isinstance(outputs, Mapping):
-            raise TypeError(
-                "Expected the `outputs` returned by `loss_fn` to be a dict of "
-                f"named arrays, got {type(outputs).__name__}."
-            )
-    else:
-        loss, outputs = out, {}
-    loss = jnp.asarray(loss)
-    if loss.ndim != 0:
-        raise ValueError(
-            f"Expected `loss_fn` to return a scalar loss, got shape {loss.shape}."
+def _check_penalties(penalties: Any) -> tuple[Penalty, ...]:
+    """``penalties`` as a tuple of :class:`Penalty` with unique names."""
+    if isinstance(penalties, Penalty):
+        raise TypeError(
+            "Expected `penalties` to be a sequence of Penalty, got a single "
+            "Penalty; write `[penalty]`."
         )
-    return loss, outputs
-
-
-def _split_result(result, penalty: str):
-    if isinstance(result, tuple):
-        if len(result) != 2 or not isinstance(result[1], Mapping):
-            raise TypeError(
-                f"Penalty {penalty!r}: expected `fn` to return a scalar or "
-                "`(scalar, metrics_dict)`, got a tuple that is not of that form."
-            )
-        value, metrics = result
-    else:
-        value, metrics = result, {}
-    value = jnp.asarray(value)
-    if value.ndim != 0:
-        raise ValueError(
-            f"Penalty {penalty!r}: expected `fn` to return a scalar, got shape "
-            f"{value.shape}. Reduce it (e.g. kwargs={{'reduction': 'mean'}})."
+    if not isinstance(penalties, Sequence):
+        raise TypeError(
+            "Expected `penalties` to be a sequence (list or tuple) of Penalty, got "
+            f"{type(penalties).__name__}."
         )
-    checked = {}
-    for key, metric in metrics.items():
-        if key in _RESERVED_METRICS:
-            raise ValueError(
-                f"Penalty {penalty!r}: metric name {key!r} is reserved; "
-                f"{_RESERVED_METRICS} are filled in by `regularize`."
-            )
-        try:
-            checked[key] = jnp.asarray(metric)
-        except TypeError as err:
+    specs = tuple(penalties)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Penalty):
             raise TypeError(
-                f"Penalty {penalty!r}: metric {key!r} must be an array or number "
-                f"(metrics stay in-graph), got {metric!r}."
-            ) from err
-    return value, checked
+                f"Expected every entry of `penalties` to be a jp.Penalty, got "
+                f"{spec!r} at position {i}."
+            )
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Expected unique penalty names, got duplicates {duplicates}; give "
+            "each Penalty its own `name=`."
+        )
+    return specs
 
 
-def _grad_norm(fn, params, dtype) -> jax.Array:
-    """‖∇ fn(params)‖₂ over the floating array leaves of ``params`` (other
-    leaves, such as the activation functions of an equinox module, are held
-    fixed), as a metric: no gradient flows through it.
-
-    One backward pass per term, so a NaN in one term's gradient never reaches
-    another term's norm (a shared pass with zero cotangents would give 0 · NaN).
-    """
-    leaves, treedef = jax.tree.flatten(params)
-    idx = [i for i, x in enumerate(leaves) if _is_float_array(x)]
-
-    def of(diff):
-        full = list(leaves)
-        for i, d in zip(idx, diff, strict=True):
-            full[i] = d
-        return fn(jax.tree.unflatten(treedef, full))
-
-    grads = jax.grad(of)([leaves[i] for i in idx])
-    grads = jax.lax.stop_gradient(grads)
-    return optax.tree.norm([g.astype(dtype) for g in grads]).astype(dtype)
-
-
-def _is_float_array(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(
-        x.dtype, jnp.inexact
-    )
+# Advertised as (params, batch, *args, **kwargs): flax.nnx transforms bind the
+# signature and reject keyword-only parameters with defaults.
+_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("batch", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
 
 
 def regularize(
@@ -387,123 +254,13 @@ def regularize(
     """
     if not callable(loss_fn):
         raise TypeError(f"Expected `loss_fn` to be callable, got {loss_fn!r}.")
-    if isinstance(penalties, Penalty):
-        raise TypeError(
-            "Expected `penalties` to be a sequence of Penalty, got a single "
-            "Penalty; write `[penalty]`."
-        )
-    if not isinstance(penalties, Sequence):
-        raise TypeError(
-            "Expected `penalties` to be a sequence (list or tuple) of Penalty, got "
-            f"{type(penalties).__name__}."
-        )
-    specs = tuple(penalties)
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, Penalty):
-            raise TypeError(
-                f"Expected every entry of `penalties` to be a jp.Penalty, got "
-                f"{spec!r} at position {i}."
-            )
-    names = [spec.name for spec in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(
-            f"Expected unique penalty names, got duplicates {duplicates}; give "
-            "each Penalty its own `name=`."
-        )
+    specs = _check_penalties(penalties)
     u.check_bool("track_grad_norms", track_grad_norms)
     u.check_bool("return_outputs", return_outputs)
-
-    def weights_at(step, overrides):
-        if overrides is None:
-            overrides = {}
-        if not isinstance(overrides, Mapping):
-            raise TypeError(
-                "Expected `weights` to be a dict name -> weight, got "
-                f"{type(overrides).__name__}."
-            )
-        unknown = sorted(set(overrides) - set(names), key=str)
-        if unknown:
-            raise KeyError(
-                f"Unknown penalty names in `weights`: {unknown}; known names are "
-                f"{names}."
-            )
-        ws = []
-        for spec in specs:
-            if spec.name in overrides:
-                # Concrete values (numbers, concrete arrays) are checked: finite
-                # and >= 0. Traced ones are used as they are.
-                w = u.check_scalar(
-                    f"weights[{spec.name!r}]", overrides[spec.name], low=0.0
-                )
-            elif callable(spec.weight):
-                w = spec.weight(jnp.asarray(step))
-            else:
-                w = spec.weight
-            w = jnp.asarray(w)
-            if w.ndim != 0:
-                raise ValueError(
-                    f"Expected the weight of penalty {spec.name!r} to be a scalar, "
-                    f"got shape {w.shape}."
-                )
-            ws.append(w)
-        return ws
-
-    def evaluate(params, batch, args, ws):
-        loss, outputs = _split_loss(loss_fn(params, batch, *args))
-        values, metrics = [], []
-        for spec, w in zip(specs, ws, strict=True):
-            off = w == 0
-            inputs = [
-                _gate(_resolve(e, params, batch, outputs, spec.name, "input"), off)
-                for e in spec.inputs
-            ]
-            kwargs = dict(spec.kwargs)
-            if spec.where is not None:
-                kwargs["where"] = _resolve(
-                    spec.where, params, batch, outputs, spec.name, "where"
-                )
-            value, m = _split_result(spec.fn(*inputs, **kwargs), spec.name)
-            values.append(value)
-            metrics.append(m)
-        return loss, outputs, values, metrics
+    config = steps.Config(loss_fn, specs, track_grad_norms, return_outputs)
 
     def regularized(params, batch, *args, step=0, weights=None):
-        ws = weights_at(step, weights)
-        loss, outputs, values, metrics = evaluate(params, batch, args, ws)
-        dtype = u.compute_dtype(loss, *values)
-        total = loss.astype(dtype)
-        report = {}
-        for k, (spec, w, value, m) in enumerate(
-            zip(specs, ws, values, metrics, strict=True)
-        ):
-            w = w.astype(dtype)
-            off = w == 0
-            zero = jnp.zeros((), dtype)
-            contribution = jnp.where(off, zero, w * value.astype(dtype))
-            total = total + contribution
-            entry = {"value": value, "weight": w, "contribution": contribution, **m}
-            if track_grad_norms:
+        return steps.call(config, params, batch, args, step, weights)
 
-                def value_k(p, k=k):
-                    return evaluate(p, batch, args, ws)[2][k].astype(dtype)
-
-                norm = _grad_norm(value_k, params, dtype)
-                entry["grad_norm"] = jnp.where(off, zero, w * norm)
-            report[spec.name] = entry
-        aux = {"loss": loss, "penalties": report}
-        if return_outputs:
-            aux["outputs"] = outputs
-        return total, aux
-
-    # Advertised as (params, batch, *args, **kwargs): flax.nnx transforms bind
-    # the signature and reject keyword-only parameters with defaults.
-    regularized.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("batch", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
-            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
-        ]
-    )
+    regularized.__signature__ = _SIGNATURE
     return regularized

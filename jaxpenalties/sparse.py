@@ -45,7 +45,6 @@ import numpy as np
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
-from jaxpenalties.divergences import DIRECTIONS, _check_beta, _check_temperature
 
 TAILS = ("renormalize", "bucket")
 _LOG_HALF = float(np.log(0.5))
@@ -150,7 +149,7 @@ def check_teacher(student_shape, indices, teacher, tail, temperature, reduction,
         )
     mask = u.broadcast_where(where, positions)
     _check_concrete_indices(indices, vocab, mask)
-    t = _check_temperature(temperature)
+    t = u.check_temperature(temperature)
     if tail == "bucket" and t is not None:
         if isinstance(t, jax.core.Tracer) or float(t) != 1:
             raise ValueError(
@@ -242,7 +241,7 @@ def sparse_kl_divergence(
       Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network,
       2015. Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    u.check_option("direction", direction, DIRECTIONS)
+    u.check_option("direction", direction, u.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
@@ -307,7 +306,7 @@ def sparse_js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = _check_beta(beta)
+    beta = u.check_beta(beta)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
     return _impl(*args, beta, kind="js", swap=False, tail=tail, reduction=reduction)

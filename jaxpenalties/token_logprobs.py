@@ -18,7 +18,6 @@ from jax import lax
 
 from jaxpenalties import _chunking, _kernels
 from jaxpenalties import _utils as u
-from jaxpenalties.divergences import _check_temperature
 
 
 def _chunk_stats(z, tokens, t):
@@ -194,7 +193,7 @@ def fused_linear_token_logprobs(
     if chunk_size is not None:
         u.check_int("chunk_size", chunk_size, minimum=1)
     u.check_bool("entropy", entropy)
-    temperature = _check_temperature(temperature)
+    temperature = u.check_temperature(temperature)
     return _impl(
         x, w, tokens, temperature, where, chunk_size=chunk_size, entropy=entropy
     )

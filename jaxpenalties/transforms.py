@@ -30,12 +30,6 @@ class PenaltyGradientState(NamedTuple):
     count: jax.Array
 
 
-def _check_weight(weight: Any) -> Any:
-    if callable(weight):
-        return weight  # a schedule: count -> weight
-    return u.check_scalar("weight", weight, low=0.0)
-
-
 def _mask_is_callable(mask: Any) -> bool:
     """optax.masked's rule: a mask is a function when all its pytree leaves are
     callable. A callable pytree of booleans (an equinox Module used as a mask)
@@ -124,7 +118,7 @@ def add_penalty_gradient(
             "Under optax.inject_hyperparams pass static_args=('penalty_fn',): "
             "inject_hyperparams takes every callable argument for a schedule."
         )
-    weight = _check_weight(weight)
+    weight = u.check_weight("weight", weight)
 
     def init_fn(params):
         del params
@@ -204,7 +198,7 @@ def add_l2_sp_decay(
       Li et al., Explicit Inductive Bias for Transfer Learning with
       Convolutional Networks (L2-SP), 2018.
     """
-    weight = _check_weight(weight)
+    weight = u.check_weight("weight", weight)
 
     def init_fn(params):
         if jax.tree.structure(params) != jax.tree.structure(center):

@@ -1,4 +1,4 @@
-"""One sweep over every public array function (STYLE.md's registry battery).
+"""One sweep over every public array function (the registry battery).
 
 Each entry builds its inputs for a dtype and returns a scalar; adding a function
 to REGISTRY gives it every check below: value under jit equals eager, finite
@@ -265,9 +265,41 @@ def test_every_public_name_is_documented_with_an_example():
     }
     assert sorted(jp.__all__) == sorted(public)
     for name in jp.__all__:
-        doc = inspect.getdoc(getattr(jp, name)) or ""
+        obj = getattr(jp, name)
+        doc = inspect.getdoc(obj) or ""
+        if _is_state(obj):
+            continue  # checked by test_exported_states_belong_to_a_transformation
         assert len(doc.splitlines()) > 3, name
         assert ">>>" in doc, f"{name} has no runnable example"
+
+
+def _is_state(obj):
+    """An optax-style transformation state: a NamedTuple class named *State."""
+    return (
+        inspect.isclass(obj)
+        and issubclass(obj, tuple)
+        and hasattr(obj, "_fields")
+        and obj.__name__.endswith("State")
+    )
+
+
+def test_exported_states_belong_to_a_transformation():
+    """As optax exports its transformations' states: each exported state names
+    the exported transformation whose ``init`` returns it, and it does."""
+    states = [name for name in jp.__all__ if _is_state(getattr(jp, name))]
+    assert sorted(states) == ["L2SPState", "PenaltyGradientState"]
+    params = {"w": jnp.ones(3)}
+    made = {
+        "PenaltyGradientState": jp.add_penalty_gradient(jp.l1, 0.1).init(params),
+        "L2SPState": jp.add_l2_sp_decay(0.1, params).init(params),
+    }
+    for name in states:
+        state_cls = getattr(jp, name)
+        doc = inspect.getdoc(state_cls) or ""
+        transform = next(t for t in jp.__all__ if f":func:`{t}`" in doc)
+        assert callable(getattr(jp, transform)), name
+        assert isinstance(made[name], state_cls), name
+        assert int(made[name].count) == 0, name
 
 
 def test_version_is_defined_once():
