@@ -42,7 +42,7 @@ def _tree(*dirs: pathlib.Path) -> list[tuple[str, int]]:
 def test_api_reference_documents_every_public_name():
     text = (DOCS / "api.md").read_text()
     documented = re.findall(
-        r"(?m)^```\{auto(?:function|class)\} jaxpenalties\.(\w+)$", text
+        r"(?m)^\.\. auto(?:function|class):: jaxpenalties\.(\w+)$", text
     )
     assert len(documented) == len(set(documented)), "a name is documented twice"
     assert sorted(documented) == sorted(jp.__all__)
