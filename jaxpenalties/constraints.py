@@ -189,7 +189,7 @@ def consistency(
 ) -> jax.Array:
     r"""Consistency between paired outputs (e.g. clean vs augmented input).
 
-    * ``"mse"``: (a − b)², and ``"l1"``: |a − b|, elementwise. ``"mean"`` is the
+    * ``"mse"``: (a − b)², and ``"l1"``: ``|a − b|``, elementwise. ``"mean"`` is the
       mean over all elements (the usual MSE / MAE), ``"sum"`` the total, and
       ``"none"`` returns the elementwise values (shape of ``a``).
     * ``"cosine"``: 1 − cos(a, b) along the last axis, one value per position;

@@ -90,9 +90,9 @@ def kl_estimate(
       logprobs: log π(xₜ) of the sampled tokens under the trained model.
       ref_logprobs: log π_ref(xₜ), same shape.
       estimator: ``"k1"``, ``"k2"`` or ``"k3"``. Static.
-      max_log_ratio: optional positive bound on |log r| (not static: changing
+      max_log_ratio: optional positive bound on ``|log r|`` (not static: changing
         it does not recompile).
-      max_value: optional positive bound on each token's |estimate| (not
+      max_value: optional positive bound on each token's ``|estimate|`` (not
         static).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` over all axes. Static.
       where: optional mask (nonzero = kept) broadcastable to the input shape.

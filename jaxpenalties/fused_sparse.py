@@ -96,7 +96,7 @@ def fused_linear_sparse_kl_divergence(
     r"""KL between a linear-head student P = softmax(x W) and a top-k teacher Q.
 
     Same value as ``sparse_kl_divergence(log_softmax(x @ w), teacher_indices,
-    teacher_logprobs, ...)`` (see :mod:`jaxpenalties.sparse` for ``tail`` and
+    teacher_logprobs, ...)`` (see :func:`sparse_kl_divergence` for ``tail`` and
     ``temperature``), without the [positions, V] student log-probs: positions
     are processed ``chunk_size`` rows at a time, forward and backward. The
     weight gradient is accumulated across chunks in ``w``'s dtype.

@@ -180,7 +180,7 @@ def l2(
         with the structure and shapes of ``x``: the distance to a reference
         such as pre-trained weights (L2-SP). A numeric centre is not static:
         changing it never recompiles.
-      clip: optional bound on |x − c| before squaring, > 0; not static.
+      clip: optional bound on ``|x − c|`` before squaring, > 0; not static.
 
     Returns:
       A float32 scalar (float64 when a leaf is float64).

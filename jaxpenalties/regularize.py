@@ -229,7 +229,7 @@ def regularize(
       total is float32 (float64 for float64 losses).
 
     Raises:
-      TypeError / ValueError: at construction, for a non-callable ``loss_fn``,
+      TypeError or ValueError: at construction, for a non-callable ``loss_fn``,
         entries that are not :class:`Penalty`, or duplicate names. When called,
         a missing input names itself and lists the available outputs keys,
         batch keys and ``"params"``; an unknown name in ``weights`` raises
