@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxpenalties import _kernels
+from jaxpenalties import _checks, _kernels
 from jaxpenalties import _utils as u
 
 # ----------------------------------------------------------------------------
@@ -130,11 +130,11 @@ def kl_divergence(
     References:
       Kullback and Leibler, On Information and Sufficiency, 1951.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
+    u.check_option("direction", direction, _checks.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
-    temperature = u.check_temperature(temperature)
+    p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
+    temperature = _checks.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _kl_impl(
@@ -218,10 +218,10 @@ def js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = u.check_beta(beta)
+    beta = _checks.check_beta(beta)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
-    temperature = u.check_temperature(temperature)
+    p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
+    temperature = _checks.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _js_impl(
@@ -308,7 +308,7 @@ def entropy(
       Function Optimization using Connectionist Reinforcement Learning
       Algorithms (entropy regularisation), 1991.
     """
-    u.check_option("mode", mode, u.ENTROPY_MODES)
+    u.check_option("mode", mode, _checks.ENTROPY_MODES)
     u.check_bool("normalize", normalize)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x = u.check_floating("logprobs", logprobs)
@@ -318,7 +318,7 @@ def entropy(
             "Expected the `axis` of `logprobs` to have size >= 2 with "
             f"normalize=True (log of its size is the divisor), got {x.shape[axis]}."
         )
-    temperature = u.check_temperature(temperature)
+    temperature = _checks.check_temperature(temperature)
     u.check_bool("from_logits", from_logits)
     u.check_bool("extremes", extremes)
     return _entropy_impl(

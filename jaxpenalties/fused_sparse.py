@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _chunking, sparse
+from jaxpenalties import _checks, _chunking, sparse
 from jaxpenalties import _utils as u
 
 
@@ -71,7 +71,7 @@ def _check(x, w, indices, teacher, tail, temperature, reduction, where, chunk_si
     if chunk_size is not None:
         u.check_int("chunk_size", chunk_size, minimum=1)
     student_shape = x.shape[:-1] + (w.shape[1],)
-    indices, teacher, t, mask = sparse.check_teacher(
+    indices, teacher, t, mask = _checks.check_teacher(
         student_shape, indices, teacher, tail, temperature, reduction, where
     )
     dtype = u.compute_dtype(x, w, teacher)
@@ -135,7 +135,7 @@ def fused_linear_sparse_kl_divergence(
       2015. Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM
       Training, 2024.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
+    u.check_option("direction", direction, _checks.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     args = _check(
         x,
@@ -205,7 +205,7 @@ def fused_linear_sparse_js_divergence(
     References:
       Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    beta = u.check_beta(beta)
+    beta = _checks.check_beta(beta)
     args = _check(
         x,
         w,

@@ -43,10 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpenalties import _kernels
+from jaxpenalties import _checks, _kernels
 from jaxpenalties import _utils as u
 
-TAILS = ("renormalize", "bucket")
 _LOG_HALF = float(np.log(0.5))
 
 
@@ -116,66 +115,10 @@ def _impl(
 def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
     """Validates everything eagerly; returns the arrays, T and the mask."""
     student = u.check_floating("student_logprobs", student)
-    indices, teacher, t, mask = check_teacher(
+    indices, teacher, t, mask = _checks.check_teacher(
         student.shape, indices, teacher, tail, temperature, reduction, where
     )
     return student, indices, teacher, t, mask
-
-
-def check_teacher(student_shape, indices, teacher, tail, temperature, reduction, where):
-    """Validates a top-k teacher against a student of ``student_shape`` [..., V]
-    (also for the fused student, whose log-probs never exist as an array)."""
-    u.check_option("tail", tail, TAILS)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
-    teacher = u.check_floating("teacher_logprobs", teacher)
-    if not isinstance(indices, (jax.Array, np.ndarray)):  # tracers are jax.Array
-        indices = np.asarray(indices)
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise TypeError(
-            "Expected `teacher_indices` to be an integer array, got dtype "
-            f"{indices.dtype}."
-        )
-    u.check_same_shape("teacher_indices", indices, "teacher_logprobs", teacher)
-    shape, positions = jnp.shape(indices), tuple(student_shape[:-1])
-    if len(student_shape) == 0 or len(shape) == 0 or shape[:-1] != positions:
-        raise ValueError(
-            "Expected `teacher_indices` [..., k] to have the position shape of "
-            f"the student [..., V], got {shape} and {tuple(student_shape)}."
-        )
-    k, vocab = shape[-1], student_shape[-1]
-    if not 1 <= k <= vocab:
-        raise ValueError(
-            f"Expected at least 1 and at most V = {vocab} teacher entries, got k = {k}."
-        )
-    mask = u.broadcast_where(where, positions)
-    _check_concrete_indices(indices, vocab, mask)
-    t = u.check_temperature(temperature)
-    if tail == "bucket" and t is not None:
-        if isinstance(t, jax.core.Tracer) or float(t) != 1:
-            raise ValueError(
-                'Expected temperature=1 with tail="bucket" (the teacher\'s tail '
-                "mass cannot be tempered without its full distribution), got "
-                f'{temperature!r}. Use tail="renormalize".'
-            )
-        t = None
-    return jnp.asarray(indices), teacher, t, mask
-
-
-def _check_concrete_indices(indices, vocab, mask):
-    """Range and distinctness of concrete indices, where a concrete mask keeps."""
-    if isinstance(indices, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
-        return
-    rows = np.asarray(indices)
-    rows = rows.reshape(-1, rows.shape[-1])
-    if mask is not None:
-        rows = rows[np.asarray(mask).reshape(-1)]
-    u.check_ids("teacher_indices", rows, vocab, allowed=" (the student's V)")
-    ordered = np.sort(rows, axis=-1)
-    if np.any(ordered[:, 1:] == ordered[:, :-1]):
-        raise ValueError(
-            "Expected the `teacher_indices` of each position to be distinct; a "
-            "duplicate would count its entry twice."
-        )
 
 
 def sparse_kl_divergence(
@@ -241,7 +184,7 @@ def sparse_kl_divergence(
       Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network,
       2015. Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
+    u.check_option("direction", direction, _checks.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
@@ -306,7 +249,7 @@ def sparse_js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = u.check_beta(beta)
+    beta = _checks.check_beta(beta)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
     return _impl(*args, beta, kind="js", swap=False, tail=tail, reduction=reduction)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _chunking, _kernels
+from jaxpenalties import _checks, _chunking, _kernels
 from jaxpenalties import _utils as u
 
 
@@ -189,11 +189,11 @@ def fused_linear_token_logprobs(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
             f"got shape {tokens.shape}."
         )
-    u.check_ids("tokens", tokens, w.shape[1], keep=where)
+    _checks.check_ids("tokens", tokens, w.shape[1], keep=where)
     if chunk_size is not None:
         u.check_int("chunk_size", chunk_size, minimum=1)
     u.check_bool("entropy", entropy)
-    temperature = u.check_temperature(temperature)
+    temperature = _checks.check_temperature(temperature)
     return _impl(
         x, w, tokens, temperature, where, chunk_size=chunk_size, entropy=entropy
     )
