@@ -62,6 +62,46 @@ def check_beta(beta: Any) -> float:
     return float(beta)
 
 
+def check_kl_direction(direction: Any, symmetric: Any) -> tuple[str, bool]:
+    """Validates KL's ``direction`` and ``symmetric``; returns the kernel's kind
+    ("forward" or "symmetric") and whether to swap P and Q (reverse KL)."""
+    u.check_option("direction", direction, DIRECTIONS)
+    u.check_bool("symmetric", symmetric)
+    if symmetric:
+        return "symmetric", False
+    return "forward", direction == "reverse"
+
+
+def check_linear_head(x: Any, w: Any, chunk_size: Any):
+    """Validates hidden states ``x`` [..., H], a kernel ``w`` [H, V] and the
+    chunk size of a chunked linear head; returns ``x`` and ``w`` as arrays."""
+    x = u.check_floating("x", x)
+    w = u.check_floating("w", w)
+    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            "Expected `x` [..., H] and a 2-D kernel `w` [H, V], got shapes "
+            f"{x.shape} and {w.shape}."
+        )
+    check_chunk_size(chunk_size)
+    return x, w
+
+
+def check_chunk_size(chunk_size: Any) -> None:
+    """None (the memory budget's default) or a positive Python int."""
+    if chunk_size is not None:
+        u.check_int("chunk_size", chunk_size, minimum=1)
+
+
+def check_integer(name: str, a: Any) -> Any:
+    """Returns the array ``a``, raising ``TypeError`` unless its dtype is an
+    integer one."""
+    if not jnp.issubdtype(a.dtype, jnp.integer):
+        raise TypeError(
+            f"Expected `{name}` to be an integer array, got dtype {a.dtype}."
+        )
+    return a
+
+
 def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
     """Validates a pair of log-prob arrays; returns them and the positive axis."""
     p = u.check_floating(names[0], p)
@@ -119,8 +159,7 @@ def check_heads(x, w, ref_x, ref_w, chunk_size):
             "Expected `x` and `ref_x` to have the same position shape (all axes "
             f"but the last), got shapes {x.shape} and {ref_x.shape}."
         )
-    if chunk_size is not None:
-        u.check_int("chunk_size", chunk_size, minimum=1)
+    check_chunk_size(chunk_size)
     return x, w, ref_x, ref_w
 
 
@@ -131,11 +170,7 @@ def check_hard(hard, x, w, reduction) -> dict:
     labels, ignore_index, soft_weight, hard_weight, label_smoothing = hard
     if labels is None:
         return {}
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"Expected `labels` to be an integer array, got dtype {labels.dtype}."
-        )
+    labels = check_integer("labels", jnp.asarray(labels))
     if labels.shape != x.shape[:-1]:
         raise ValueError(
             "Expected `labels` to have the position shape of `x` "
@@ -176,11 +211,7 @@ def check_teacher(student_shape, indices, teacher, tail, temperature, reduction,
     teacher = u.check_floating("teacher_logprobs", teacher)
     if not isinstance(indices, (jax.Array, np.ndarray)):  # tracers are jax.Array
         indices = np.asarray(indices)
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise TypeError(
-            "Expected `teacher_indices` to be an integer array, got dtype "
-            f"{indices.dtype}."
-        )
+    check_integer("teacher_indices", indices)
     u.check_same_shape("teacher_indices", indices, "teacher_logprobs", teacher)
     shape, positions = jnp.shape(indices), tuple(student_shape[:-1])
     if len(student_shape) == 0 or len(shape) == 0 or shape[:-1] != positions:

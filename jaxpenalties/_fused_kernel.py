@@ -42,6 +42,19 @@ class PerInput(NamedTuple):
     t: Any
 
 
+class Heads(NamedTuple):
+    """The arrays of one fused call, in the order the scans take them: the
+    chunked hidden states [C, n_chunks, H] and kernel of each head, the
+    temperature and β (scalars in the compute dtype)."""
+
+    x: Any
+    w: Any
+    rx: Any
+    rw: Any
+    t: Any
+    beta: Any
+
+
 class Config(NamedTuple):
     """The static facts of one fused call, read by name (hashable: the
     ``nondiff_argnums`` key of the derivative rules)."""

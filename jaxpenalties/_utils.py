@@ -2,8 +2,12 @@
 reductions.
 
 Nothing here is public API. Every public function validates its static options
-with :func:`check_option` / :func:`check_static`, upcasts with
-:func:`compute_dtype`, and reduces per-position values with :func:`reduce`.
+with :func:`check_option` / :func:`check_static` and its numeric ones with
+:func:`check_scalar` (or :func:`check_weight`, :func:`check_max_log_ratio`,
+built on it), upcasts with :func:`compute_dtype`, and reduces per-position
+values with :func:`reduce`. The checks specific to the divergence family
+(temperature, β, KL direction, linear heads, top-k teachers) build on these in
+:mod:`jaxpenalties._checks`.
 """
 
 from __future__ import annotations

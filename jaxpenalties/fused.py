@@ -126,7 +126,7 @@ def _fused_impl(
         smoothing=label_smoothing,
     )
 
-    heads = (xs, w, rxs, ref_w, t, beta)
+    heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
     if labels is not None:
         weights = (soft_weight, hard_weight)
         return _distill(
@@ -146,7 +146,7 @@ def _fused_impl(
 def _distill(config, lay, heads, valid, labels, weights, ignore_index, reduction):
     """soft · divergence + hard · CE(labels) in one pass, and both parts."""
     soft_weight, hard_weight = weights
-    dtype = heads[4].dtype  # t's
+    dtype = heads.t.dtype
     kept = valid & (labels != ignore_index)
     if reduction == "mean":
         soft_scale = soft_weight / jnp.maximum(jnp.sum(valid, dtype=dtype), 1)
@@ -229,7 +229,8 @@ def fused_linear_kl_divergence(
         CE the cross-entropy of the untempered student logits at ``labels``,
         from the same pass over each chunk (``"mean"`` or ``"sum"`` only).
       ignore_index: label value that is left out of the cross-entropy. Static.
-      soft_weight, hard_weight: weights ≥ 0 of the two parts (traced).
+      soft_weight, hard_weight: weights ≥ 0 of the two parts: numbers or scalar
+        arrays, which may be traced (a new value never recompiles).
       label_smoothing: ε in [0, 1): CE = (1 − ε) CE(labels) + ε CE(uniform).
         Static.
 
@@ -304,8 +305,9 @@ def fused_linear_js_divergence(
       w: its head kernel [H, V].
       ref_x: reference hidden states [..., H_ref] (Q, e.g. the teacher).
       ref_w: the reference head kernel [H_ref, V].
-      beta: mixture weight in the open interval (0, 1); changing it does not
-        recompile.
+      beta: mixture weight in the open interval (0, 1), a Python float (an
+        array, traced or not, is refused). Called outside ``jax.jit``, a new
+        value does not recompile.
       temperature: divides both heads' logits; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.

@@ -37,79 +37,10 @@ NaN at its position, never a silent number.
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from jaxpenalties import _checks, _kernels
+from jaxpenalties import _checks, _topk
 from jaxpenalties import _utils as u
-
-_LOG_HALF = float(np.log(0.5))
-
-
-def _log_mass(x):
-    """log Σ exp(x) over the last axis, keepdims; the largest entry's term is
-    ``expm1(0) = 0`` plus 1 outside, so mass near 1 keeps its digits. −inf for a
-    row of −inf. Exact gradients (softmax), also at ties."""
-    top = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    some = jnp.isfinite(top)
-    d = x - jnp.where(some, top, jnp.zeros((), x.dtype))
-    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    first = iota == jnp.argmax(x, axis=-1, keepdims=True)
-    rest = jnp.sum(jnp.where(first, jnp.expm1(d), jnp.exp(d)), -1, keepdims=True)
-    rest = jnp.where(some, rest, jnp.zeros((), x.dtype))
-    return jnp.where(some, top + jnp.log1p(rest), -jnp.inf)
-
-
-def _with_tail(x, dtype):
-    """x [..., k] with the tail bucket log(1 − Σ exp x) appended: [..., k + 1]."""
-    x = x.astype(dtype)
-    lse = _log_mass(x)
-    # log1mexp, every branch evaluated only where it is finite (no NaN grads).
-    small = lse < _LOG_HALF
-    near = jnp.logical_and(jnp.logical_not(small), lse < 0)
-    neg = jnp.full((), -1.0, dtype)
-    tail = jnp.where(
-        small,
-        jnp.log1p(-jnp.exp(jnp.where(small, lse, neg))),
-        jnp.log(-jnp.expm1(jnp.where(near, lse, neg))),
-    )
-    tail = jnp.where(lse < 0, tail, -jnp.inf)
-    return jnp.concatenate([x, tail], axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "swap", "tail", "reduction"))
-def _impl(
-    student, indices, teacher, temperature, mask, beta, *, kind, swap, tail, reduction
-):
-    dtype = u.compute_dtype(student, teacher)
-    if mask is not None:  # garbage indices at masked positions: read entry 0
-        indices = u.sanitize(indices, mask)
-    g = jnp.take_along_axis(
-        student,
-        indices,
-        axis=-1,
-        mode="fill",
-        fill_value=jnp.nan,
-        wrap_negative_indices=False,
-    )
-    t = None if temperature is None else jnp.asarray(temperature, dtype)
-    beta = None if beta is None else jnp.asarray(beta, dtype)
-    if tail == "renormalize":
-        # The kernel's logits path: log_softmax(x / T) over the k entries.
-        a, b, logits = g, teacher, True
-    elif indices.shape[-1] == student.shape[-1]:  # k = V: no complement
-        a, b, logits = g, teacher, False
-    else:
-        a = _with_tail(u.sanitize(g, mask), dtype)
-        b = _with_tail(u.sanitize(teacher, mask), dtype)
-        logits = False
-    if swap:
-        a, b = b, a
-    values = _kernels.divergence(kind, logits, a, b, mask, t, beta)
-    return u.reduce(values, reduction, mask)
 
 
 def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
@@ -184,13 +115,12 @@ def sparse_kl_divergence(
       Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network,
       2015. Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    u.check_option("direction", direction, _checks.DIRECTIONS)
-    u.check_bool("symmetric", symmetric)
+    kind, swap = _checks.check_kl_direction(direction, symmetric)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
-    kind = "symmetric" if symmetric else "forward"
-    swap = not symmetric and direction == "reverse"
-    return _impl(*args, None, kind=kind, swap=swap, tail=tail, reduction=reduction)
+    return _topk.divergence(
+        *args, None, kind=kind, swap=swap, tail=tail, reduction=reduction
+    )
 
 
 def sparse_js_divergence(
@@ -220,7 +150,9 @@ def sparse_js_divergence(
       student_logprobs: student log-probabilities [..., V], any float dtype.
       teacher_indices: integer [..., k], distinct entries in [0, V).
       teacher_logprobs: the teacher's log-probabilities of those entries.
-      beta: mixture weight in (0, 1); changing it never recompiles.
+      beta: mixture weight in the open interval (0, 1), a Python float (an
+        array, traced or not, is refused). Called outside ``jax.jit``, a new
+        value does not recompile.
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
@@ -252,4 +184,6 @@ def sparse_js_divergence(
     beta = _checks.check_beta(beta)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
-    return _impl(*args, beta, kind="js", swap=False, tail=tail, reduction=reduction)
+    return _topk.divergence(
+        *args, beta, kind="js", swap=False, tail=tail, reduction=reduction
+    )
