@@ -2,8 +2,8 @@
 
 The student's log-probs ``log_softmax(x @ w)`` are formed a chunk of positions at
 a time (the layout of the fused divergences) and compared with the stored top-k
-teacher by the exact kernel of :mod:`jaxpenalties.sparse`, with the same ``tail``
-and ``temperature`` conventions. Each chunk's computation is rematerialised in
+teacher by the same exact kernel as :mod:`jaxpenalties.sparse`, with the same
+``tail`` and ``temperature`` conventions. Each chunk's computation is rematerialised in
 the backward pass (``jax.checkpoint`` inside a ``lax.scan``), so the extra memory
 is O(chunk_size · V) in both passes.
 """
