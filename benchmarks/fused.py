@@ -43,7 +43,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxpenalties as jp  # noqa: E402
-from jaxpenalties.fused import _fused_impl  # noqa: E402
 
 H = 256
 MIB = 2**20
@@ -58,19 +57,10 @@ def fused(x, w, rx, rw):
 
 
 def fused_recompute(x, w, rx, rw):
-    """The alternative design: logits recomputed in the backward pass."""
-    return _fused_impl(
-        x,
-        w,
-        rx,
-        rw,
-        None,
-        None,
-        None,
-        kind="forward",
-        reduction="mean",
-        chunk_size=1024,
-        method="recompute",
+    """The alternative design: logits recomputed in the backward pass (the
+    per-position path, averaged)."""
+    return jnp.mean(
+        jp.fused_linear_kl_divergence(x, w, rx, rw, reduction="none", chunk_size=1024)
     )
 
 

@@ -105,8 +105,8 @@ def plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
     """(number of chunks, rows per chunk), rows ≤ ``chunk_size``.
 
     Prefers a number of chunks that divides the rows of each shard (no padding,
-    and every chunk splits evenly over the shards) as long as chunks keep at
-    least half of ``chunk_size`` rows. When the sharding is not known at trace
+    and every chunk splits evenly over the shards) as long as it is at most
+    twice the fewest number of chunks. When the sharding is not known at trace
     time (``shards == 1``: unsharded or automatic sharding), chunks whose row
     count has the most factors of 2 are preferred, so that they split evenly
     over power-of-two device counts. Otherwise pads fewer than n_chunks rows;

@@ -2,8 +2,12 @@
 reductions.
 
 Nothing here is public API. Every public function validates its static options
-with :func:`check_option` / :func:`check_static`, upcasts with
-:func:`compute_dtype`, and reduces per-position values with :func:`reduce`.
+with :func:`check_option` / :func:`check_static` and its numeric ones with
+:func:`check_scalar` (or :func:`check_weight`, :func:`check_max_log_ratio`,
+built on it), upcasts with :func:`compute_dtype`, and reduces per-position
+values with :func:`reduce`. The checks specific to the divergence family
+(temperature, β, KL direction, linear heads, top-k teachers) build on these in
+:mod:`jaxpenalties._checks`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
 PARAM_REDUCTIONS = ("sum", "mean")
-DIRECTIONS = ("forward", "reverse")
-ENTROPY_MODES = ("bonus", "penalty")
 
 
 def _is_array_like_value(value: Any) -> bool:
@@ -128,15 +130,6 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
             f"{ndim}, got {axis}."
         )
     return axis % ndim
-
-
-def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
-    """Validates a pair of log-prob arrays; returns them and the positive axis."""
-    p = check_floating(names[0], p)
-    q = check_floating(names[1], q)
-    check_same_shape(names[0], p, names[1], q)
-    axis = normalize_axis(axis, p.ndim)
-    return p, q, axis
 
 
 def broadcast_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
@@ -277,65 +270,6 @@ def _check_range(name, value, low, high, open_low, open_high) -> None:
         left, right = "(" if open_low else "[", ")" if open_high else "]"
         valid = f"in {left}{low:g}, {high:g}{right}"
     raise ValueError(f"Expected `{name}` to be {valid}, got {value!r}.")
-
-
-def check_ids(
-    name: str, ids: Any, size: int, *, keep: Any = None, allowed: str = ""
-) -> None:
-    """Raises ``ValueError`` if concrete integer ``ids`` fall outside [0,
-    ``size``) where ``keep`` (a concrete mask broadcastable to ``ids``, or None)
-    holds. Traced ids or masks cannot be checked at trace time: nothing is done.
-    ``allowed`` names other accepted values for the message."""
-    if isinstance(ids, jax.core.Tracer) or isinstance(keep, jax.core.Tracer):
-        return
-    values = np.asarray(ids)
-    bad = (values < 0) | (values >= size)
-    if keep is not None:
-        bad = bad & np.broadcast_to(np.asarray(keep) != 0, bad.shape)
-    if bad.any():
-        raise ValueError(
-            f"Expected `{name}` in [0, {size}){allowed}, got "
-            f"{values[bad].ravel()[:5].tolist()}."
-        )
-
-
-def check_temperature(temperature: Any) -> Any:
-    """Returns None for a Python temperature of exactly 1 (no re-normalisation).
-
-    A concrete temperature (a number or a concrete array) must be finite and
-    > 0; a tiny one is the greedy limit (argmax), never NaN. Any other value
-    than the Python 1 (including an array, traced or not) is kept dynamic so
-    that changing it never recompiles. A traced T ≤ 0 or non-finite T cannot
-    be checked and gives NaN.
-    """
-    temperature = check_scalar("temperature", temperature, low=0.0, open_low=True)
-    if isinstance(temperature, float):
-        if temperature == 1:
-            return None
-        # A strongly typed scalar in the default float width: Python floats and
-        # float32 arrays share one compiled version, and x64 keeps all digits.
-        return np.asarray(temperature, np.float64 if _x64() else np.float32)
-    return temperature
-
-
-def _x64() -> bool:
-    """Whether float64 is enabled here (also inside ``jax.enable_x64``)."""
-    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
-
-
-def check_beta(beta: Any) -> float:
-    """The JS mixture weight: a static Python number in the open interval (0, 1),
-    returned as a ``float`` (an array, traced or not, is refused)."""
-    check_static("beta", beta)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise ValueError(f"Expected `beta` to be a Python float, got {beta!r}.")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(
-            f"Expected `beta` to be in the open interval (0, 1), got {beta!r}. "
-            "At the ends JS_beta is identically 0; use `kl_divergence` for those "
-            "limits."
-        )
-    return float(beta)
 
 
 def check_max_log_ratio(c: Any) -> Any:

@@ -13,8 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxpenalties import _checks, divergences
 from jaxpenalties import _utils as u
-from jaxpenalties import divergences
 
 ORTHOGONALITY_MODES = ("soft", "hard", "spectral")
 ORTHOGONALITY_AXES = ("rows", "sequence", "vocabulary")
@@ -233,7 +233,7 @@ def consistency(
     u.check_option("metric", metric, CONSISTENCY_METRICS)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     if metric == "kl":
-        u.check_pair(a, b, -1, names=("a", "b"))
+        _checks.check_pair(a, b, -1, names=("a", "b"))
         return divergences.kl_divergence(
             a, b, symmetric=True, reduction=reduction, where=where
         )

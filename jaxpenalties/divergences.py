@@ -12,15 +12,60 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxpenalties import _kernels
+from jaxpenalties import _checks, _kernels
 from jaxpenalties import _utils as u
 
 # ----------------------------------------------------------------------------
-# Shared preparation: validation (eager, at trace time), then a jitted core.
+# Shared by the three functions: validation (eager, at trace time), then one
+# jitted core.
 # ----------------------------------------------------------------------------
 
 
-def _run(kind, xs, axis, where, temperature, beta=None, logits=False):
+def _checked_run(kind, xs, beta, temperature, where, reduction, axis, **options):
+    """Validates the options every function has, then runs the jitted core;
+    ``options`` are its remaining static ones (``from_logits``, ``extremes``,
+    and entropy's ``normalize`` and ``negate``)."""
+    temperature = _checks.check_temperature(temperature)
+    u.check_bool("from_logits", options["from_logits"])
+    u.check_bool("extremes", options["extremes"])
+    return _impl(
+        xs,
+        temperature,
+        beta,
+        where,
+        kind=kind,
+        reduction=reduction,
+        axis=axis,
+        **options,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "kind",
+        "reduction",
+        "axis",
+        "from_logits",
+        "extremes",
+        "normalize",
+        "negate",
+    ),
+)
+def _impl(
+    xs,
+    temperature,
+    beta,
+    where,
+    *,
+    kind,
+    reduction,
+    axis,
+    from_logits,
+    extremes,
+    normalize=False,
+    negate=False,
+):
     """Moves ``axis`` last and runs the kernel on the arrays as given: the
     upcast, the mask and the temperature happen inside its fusions."""
     xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
@@ -29,38 +74,11 @@ def _run(kind, xs, axis, where, temperature, beta=None, logits=False):
     t = None if temperature is None else jnp.asarray(temperature, dtype)
     beta = None if beta is None else jnp.asarray(beta, dtype)
     b = xs[1] if len(xs) > 1 else None
-    return _kernels.divergence(kind, logits, xs[0], b, mask, t, beta), mask
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "direction",
-        "symmetric",
-        "reduction",
-        "axis",
-        "from_logits",
-        "extremes",
-    ),
-)
-def _kl_impl(
-    p,
-    q,
-    temperature,
-    where,
-    *,
-    direction,
-    symmetric,
-    reduction,
-    axis,
-    from_logits,
-    extremes,
-):
-    if symmetric:
-        kind, pair = "symmetric", (p, q)
-    else:
-        kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
-    values, mask = _run(kind, pair, axis, where, temperature, logits=from_logits)
+    values = _kernels.divergence(kind, from_logits, xs[0], b, mask, t, beta)
+    if normalize:
+        values = values / jnp.log(jnp.asarray(xs[0].shape[-1], values.dtype))
+    if negate:
+        values = -values
     return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
@@ -130,33 +148,18 @@ def kl_divergence(
     References:
       Kullback and Leibler, On Information and Sufficiency, 1951.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
+    u.check_option("direction", direction, _checks.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
-    temperature = u.check_temperature(temperature)
-    u.check_bool("from_logits", from_logits)
-    u.check_bool("extremes", extremes)
-    return _kl_impl(
-        p,
-        q,
-        temperature,
-        where,
-        direction=direction,
-        symmetric=symmetric,
-        reduction=reduction,
-        axis=axis,
-        from_logits=from_logits,
-        extremes=extremes,
+    p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
+    if symmetric:
+        kind, pair = "symmetric", (p, q)
+    else:
+        kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
+    options = dict(from_logits=from_logits, extremes=extremes)
+    return _checked_run(
+        kind, pair, None, temperature, where, reduction, axis, **options
     )
-
-
-@functools.partial(
-    jax.jit, static_argnames=("reduction", "axis", "from_logits", "extremes")
-)
-def _js_impl(p, q, beta, temperature, where, *, reduction, axis, from_logits, extremes):
-    values, mask = _run("js", (p, q), axis, where, temperature, beta, from_logits)
-    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def js_divergence(
@@ -187,8 +190,9 @@ def js_divergence(
     Args:
       p_logprobs: log-probabilities of P (e.g. the student).
       q_logprobs: log-probabilities of Q (e.g. the teacher), same shape.
-      beta: mixture weight in the open interval (0, 1). Changing it does not
-        recompile.
+      beta: mixture weight in the open interval (0, 1), a Python float (an
+        array, traced or not, is refused). Called outside ``jax.jit``, a new
+        value does not recompile.
       temperature: if not 1 (of any type), inputs are re-normalised as
         ``log_softmax(x / T)`` first; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
@@ -218,44 +222,13 @@ def js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = u.check_beta(beta)
+    beta = _checks.check_beta(beta)
     u.check_option("reduction", reduction, u.REDUCTIONS)
-    p, q, axis = u.check_pair(p_logprobs, q_logprobs, axis)
-    temperature = u.check_temperature(temperature)
-    u.check_bool("from_logits", from_logits)
-    u.check_bool("extremes", extremes)
-    return _js_impl(
-        p,
-        q,
-        beta,
-        temperature,
-        where,
-        reduction=reduction,
-        axis=axis,
-        from_logits=from_logits,
-        extremes=extremes,
+    p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
+    options = dict(from_logits=from_logits, extremes=extremes)
+    return _checked_run(
+        "js", (p, q), beta, temperature, where, reduction, axis, **options
     )
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "mode",
-        "normalize",
-        "reduction",
-        "axis",
-        "from_logits",
-        "extremes",
-    ),
-)
-def _entropy_impl(
-    x, temperature, where, *, mode, normalize, reduction, axis, from_logits, extremes
-):
-    neg_h, mask = _run("entropy", (x,), axis, where, temperature, None, from_logits)
-    if normalize:
-        neg_h = neg_h / jnp.log(jnp.asarray(x.shape[axis], neg_h.dtype))
-    values = neg_h if mode == "bonus" else -neg_h
-    return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
 def entropy(
@@ -308,7 +281,7 @@ def entropy(
       Function Optimization using Connectionist Reinforcement Learning
       Algorithms (entropy regularisation), 1991.
     """
-    u.check_option("mode", mode, u.ENTROPY_MODES)
+    u.check_option("mode", mode, _checks.ENTROPY_MODES)
     u.check_bool("normalize", normalize)
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x = u.check_floating("logprobs", logprobs)
@@ -318,17 +291,12 @@ def entropy(
             "Expected the `axis` of `logprobs` to have size >= 2 with "
             f"normalize=True (log of its size is the divisor), got {x.shape[axis]}."
         )
-    temperature = u.check_temperature(temperature)
-    u.check_bool("from_logits", from_logits)
-    u.check_bool("extremes", extremes)
-    return _entropy_impl(
-        x,
-        temperature,
-        where,
-        mode=mode,
-        normalize=normalize,
-        reduction=reduction,
-        axis=axis,
+    options = dict(
         from_logits=from_logits,
         extremes=extremes,
+        normalize=normalize,
+        negate=mode == "penalty",
+    )
+    return _checked_run(
+        "entropy", (x,), None, temperature, where, reduction, axis, **options
     )

@@ -44,368 +44,41 @@ all-reduce instead of one per chunk).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jaxpenalties import _chunking, _kernels
+from jaxpenalties import _checks, _chunking
+from jaxpenalties import _fused_kernel as fk
 from jaxpenalties import _utils as u
 
 # ----------------------------------------------------------------------------
-# Per-chunk math
+# Shared driver: validation, chunk layout, reduction
 # ----------------------------------------------------------------------------
 
 
-class _Config(NamedTuple):
-    """Static facts of one fused call (hashable: a ``nondiff_argnums`` key)."""
-
-    kind: str  # "forward", "reverse", "symmetric" or "js"
-    has_t: bool  # a temperature applies
-    dtypes: tuple  # of x, w, ref_x, ref_w, t: the gradients' dtypes
-    smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
-
-
-def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
-    """Per-position divergence [C] from the logits [C, V] of both heads (the
-    kernel normalises them, tempered by ``t`` when ``has_t``)."""
-    a, b = (rz, z) if kind == "reverse" else (z, rz)
-    kernel_kind = "forward" if kind == "reverse" else kind
-    return _kernels.divergence(
-        kernel_kind,
-        True,
-        a,
-        b,
-        None,
-        t if has_t else None,
-        beta if kind == "js" else None,
+def _fused(heads, kind, beta, temperature, reduction, where, chunk_size, hard):
+    """Validates what both public functions share, in their order, and runs
+    the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
+    hard_weight, label_smoothing)."""
+    u.check_option("reduction", reduction, u.REDUCTIONS)
+    x, w, ref_x, ref_w = _checks.check_heads(*heads, chunk_size)
+    hard = _checks.check_hard(hard, x, w, reduction)
+    temperature = _checks.check_temperature(temperature)
+    return _fused_impl(
+        x,
+        w,
+        ref_x,
+        ref_w,
+        temperature,
+        beta,
+        where,
+        kind=kind,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        **hard,
     )
-
-
-def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
-    """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
-    [C, V] (and t), from the kernel's analytic VJP."""
-    if has_t and need_t:
-        values, vjp = jax.vjp(
-            lambda z, rz, t: _chunk_values(kind, True, z, rz, t, beta), z, rz, t
-        )
-        dz, drz, dt = vjp(g)
-        return values, dz, drz, dt
-    values, vjp = jax.vjp(
-        lambda z, rz: _chunk_values(kind, has_t, z, rz, t, beta), z, rz
-    )
-    dz, drz = vjp(g)
-    return values, dz, drz, None
-
-
-def _cross_entropy(z, labels, smoothing):
-    """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
-    smoothing ε, and its gradient w.r.t. z but for the label term:
-    CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
-    """
-    # Row statistics only ([C, 1]); every [C, V] expression below reads z
-    # directly, so each fuses into its consumer instead of being stored.
-    top = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    lse = top + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True))
-    z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)
-    ce = (1 - smoothing) * (lse - z_y) + smoothing * (
-        lse - jnp.mean(z, axis=-1, keepdims=True)
-    )
-    # ∂/∂z without the label term, which the caller scatters in (no [C, V]
-    # one-hot: a compare-and-select over the chunk costs XLA:CPU its fusion).
-    return ce[:, 0], jnp.exp(z - lse) - smoothing / z.shape[-1]
-
-
-def _add_label_term(dz, labels, scale):
-    """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
-    rows = jnp.arange(dz.shape[0])
-    return dz.at[rows, labels].add(-scale)
-
-
-def _matmul_dtype(*arrays):
-    """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
-    accumulated in float32), as a bf16 matmul's autodiff does."""
-    return jnp.result_type(*arrays)
-
-
-def _value_scan(cfg, x, w, rx, rw, t, beta, hard=None):
-    """Per-position values [n_chunks, C] (and the cross-entropies at the hard
-    labels, when ``hard`` is given); ``x`` is [C, n_chunks, H]."""
-    kind, has_t = cfg.kind, cfg.has_t
-    dtype = t.dtype
-
-    def step(carry, k):
-        z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
-        rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
-        values = _chunk_values(kind, has_t, z, rz, t, beta)
-        if hard is None:
-            return carry, values
-        ce, _ = _cross_entropy(z, _chunking.chunk(hard[0], k), cfg.smoothing)
-        return carry, (values, ce)
-
-    _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
-    return values
-
-
-def _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need, hard=None):
-    """One pass over the chunks: per-position values [n_chunks, C] and the
-    gradients of Σ weights · values (``weights`` laid out like ``x``, [C,
-    n_chunks]) w.r.t. the inputs flagged in ``need`` (x, w, ref_x, ref_w, t), in
-    the compute dtype (None where not needed). With ``hard = (labels,
-    ce_weights)`` the objective also has Σ ce_weights · CE(labels),
-    from the same student logits, and the values are (divergences, CEs)."""
-    kind, has_t = cfg.kind, cfg.has_t
-    need_x, need_w, need_rx, need_rw, need_t = need
-    dtype = t.dtype
-    n_chunks = x.shape[1]
-    groups = _chunking.row_groups(x)
-    ref_groups = _chunking.row_groups(rx)
-
-    def zeros_if(flag, like, dtype=dtype):  # zeros_like keeps the sharding
-        return jnp.zeros_like(like, dtype=dtype) if flag else None
-
-    # dx rows are written once each: kept in the input dtype. dw is a sum over
-    # every chunk: accumulated in float32 (one [H, V] float32 buffer per head).
-    acc0 = {
-        "x": zeros_if(need_x, x, x.dtype),
-        "w": _chunking.kernel_grad_zeros(x, w, groups, dtype) if need_w else None,
-        "rx": zeros_if(need_rx, rx, rx.dtype),
-        "rw": _chunking.kernel_grad_zeros(rx, rw, ref_groups, dtype)
-        if need_rw
-        else None,
-        "t": zeros_if(need_t, t),
-    }
-    mm = _matmul_dtype(x, w)
-    ref_mm = _matmul_dtype(rx, rw)
-
-    def step(acc, k):
-        xc, rxc, gc = (
-            _chunking.chunk(x, k),
-            _chunking.chunk(rx, k),
-            _chunking.chunk(weights, k),
-        )
-        z = _chunking.dot(xc, w, 1, 0, dtype)
-        rz = _chunking.dot(rxc, rw, 1, 0, dtype)
-        values, dz, drz, dt = _chunk_grads(
-            kind, has_t, need_t, z, rz, t, beta, gc.astype(dtype)
-        )
-        if hard is not None:
-            labels, ce_weights = hard
-            labels_k = _chunking.chunk(labels, k)
-            ce, dce = _cross_entropy(z, labels_k, cfg.smoothing)
-            hw = _chunking.chunk(ce_weights, k).astype(dtype)
-            dz = dz + hw[:, None] * dce
-            dz = _add_label_term(dz, labels_k, hw * (1 - cfg.smoothing))
-            values = (values, ce)
-        # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
-        # head: never a float32 copy of w) and accumulate in float32.
-        dz, drz = dz.astype(mm), drz.astype(ref_mm)
-        acc = dict(acc)
-        if need_x:  # dx = dz · wᵀ, written into the chunk's rows
-            dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
-            acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
-        if need_w:  # dw += xᵀ · dz, accumulated in the compute dtype
-            acc["w"] = acc["w"] + _chunking.kernel_grad(xc, dz, groups, dtype, like=w)
-        if need_rx:
-            drx = _chunking.dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
-            acc["rx"] = lax.dynamic_update_index_in_dim(acc["rx"], drx, k, axis=1)
-        if need_rw:
-            acc["rw"] = acc["rw"] + _chunking.kernel_grad(
-                rxc, drz, ref_groups, dtype, like=rw
-            )
-        if need_t:
-            acc["t"] = acc["t"] + dt
-        return acc, values
-
-    acc, values = lax.scan(step, acc0, jnp.arange(n_chunks))
-    dw = _chunking.sum_groups(acc["w"], groups)
-    drw = _chunking.sum_groups(acc["rw"], ref_groups)
-    return values, (acc["x"], dw, acc["rx"], drw, acc["t"])
-
-
-def _cast_grads(cfg, grads):
-    """Casts the compute-dtype gradients to the primal dtypes."""
-    return tuple(
-        None if d is None else d.astype(dtype)
-        for d, dtype in zip(grads, cfg.dtypes, strict=True)
-    )
-
-
-def _is_zero(ct) -> bool:
-    return isinstance(ct, jax.custom_derivatives.SymbolicZero)
-
-
-# ----------------------------------------------------------------------------
-# Σ over unmasked positions: gradients formed in the forward pass
-# ----------------------------------------------------------------------------
-#
-# A ``custom_jvp`` whose rule computes the value and the gradients of the
-# inputs whose tangent is not a symbolic zero in one pass, and returns the
-# tangent Σᵢ ⟨gradᵢ, tangentᵢ⟩. That tangent is linear in the tangents, so
-# reverse mode (JAX partial-evaluates, then transposes) keeps the gradients as
-# residuals and scales them by the cotangent: no second pass over the chunks.
-# Which inputs are differentiated is part of JAX's own cache key for a JVP
-# rule, so no trace is ever reused for another set of differentiated inputs
-# (a custom VJP whose residuals depend on ``perturbed`` is not safe: JAX may
-# reuse its forward trace for another set). Forward mode (``jax.jvp``,
-# ``jax.jacfwd``) works too.
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _fused_total(cfg, x, w, rx, rw, t, beta, weights, hard):
-    """Σ weights · divergence (+ Σ ce_weights · CE with ``hard``), and the
-    per-position values [n_chunks, C] as metrics (zero tangent)."""
-    values = _value_scan(cfg, x, w, rx, rw, t, beta, hard)
-    return _objective(values, weights, hard), values
-
-
-def _objective(values, weights, hard):
-    if hard is None:
-        return jnp.sum(weights.T * values)
-    div, ce = values
-    return jnp.sum(weights.T * div) + jnp.sum(hard[1].T * ce)
-
-
-def _fused_total_jvp(cfg, primals, tangents):
-    x, w, rx, rw, t, beta, weights, hard = primals
-    diff = tangents[:5]
-    need = tuple(not _is_zero(d) for d in diff)
-    if not any(need):
-        values = _value_scan(cfg, x, w, rx, rw, t, beta, hard)
-    else:
-        values, grads = _grad_scan(cfg, x, w, rx, rw, t, beta, weights, need, hard)
-    total = _objective(values, weights, hard)
-    tangent = jnp.zeros((), t.dtype)
-    if any(need):
-        for g, d in zip(grads, diff, strict=True):
-            if g is not None:
-                # Σ g · d, elementwise then summed (also over sharded axes).
-                tangent = tangent + jnp.sum(g * d.astype(g.dtype))
-    # The objective is linear in the weights (traced soft / hard weights).
-    d_weights, d_hard = tangents[6], tangents[7]
-    if not _is_zero(d_weights):
-        div = values if hard is None else values[0]
-        tangent = tangent + jnp.sum(d_weights.T * div)
-    if hard is not None and not _is_zero(d_hard[1]):
-        tangent = tangent + jnp.sum(d_hard[1].T * values[1])
-    zeros = jax.tree.map(jnp.zeros_like, values)
-    return (total, values), (tangent, zeros)
-
-
-_fused_total.defjvp(_fused_total_jvp, symbolic_zeros=True)
-
-
-# ----------------------------------------------------------------------------
-# Per-position values: the backward pass recomputes each chunk's logits
-# ----------------------------------------------------------------------------
-#
-# The per-position cotangent is known only in the backward pass, so this is a
-# ``custom_vjp`` whose residuals are the inputs, always the same structure. The
-# backward pass forms every input's gradient; the gradients nobody asked for are
-# dead code, which XLA removes (with their loop-carried accumulators).
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_values(cfg, x, w, rx, rw, t, beta):
-    """Per-position divergence, [n_chunks, C]."""
-    return _value_scan(cfg, x, w, rx, rw, t, beta)
-
-
-def _fused_values_fwd(cfg, x, w, rx, rw, t, beta):
-    args = (x, w, rx, rw, t, beta)
-    return _value_scan(cfg, *args), args
-
-
-def _fused_values_bwd(cfg, args, g):
-    has_t = cfg.has_t
-    _, grads = _grad_scan(cfg, *args, g.T, (True, True, True, True, has_t))
-    return _cast_grads(cfg, grads) + (None,)
-
-
-_fused_values.defvjp(_fused_values_fwd, _fused_values_bwd)
-
-
-# ----------------------------------------------------------------------------
-# Shared driver: validation, chunk plan, reduction
-# ----------------------------------------------------------------------------
-
-
-def _check_heads(x, w, ref_x, ref_w, chunk_size):
-    x = u.check_floating("x", x)
-    w = u.check_floating("w", w)
-    ref_x = u.check_floating("ref_x", ref_x)
-    ref_w = u.check_floating("ref_w", ref_w)
-    for name, kernel in (("w", w), ("ref_w", ref_w)):
-        if kernel.ndim != 2:
-            raise ValueError(
-                f"Expected `{name}` to be a 2-D [H, V] kernel, got shape "
-                f"{kernel.shape}."
-            )
-    for name, h, kname, kernel in (("x", x, "w", w), ("ref_x", ref_x, "ref_w", ref_w)):
-        if h.ndim == 0 or h.shape[-1] != kernel.shape[0]:
-            raise ValueError(
-                f"Expected the last axis of `{name}` to match the first axis of "
-                f"`{kname}` (the hidden size H), got shapes {h.shape} and "
-                f"{kernel.shape}."
-            )
-    if w.shape[1] != ref_w.shape[1]:
-        raise ValueError(
-            "Expected `w` and `ref_w` to have the same vocabulary size (last "
-            f"axis), got shapes {w.shape} and {ref_w.shape}."
-        )
-    if x.shape[:-1] != ref_x.shape[:-1]:
-        raise ValueError(
-            "Expected `x` and `ref_x` to have the same position shape (all axes "
-            f"but the last), got shapes {x.shape} and {ref_x.shape}."
-        )
-    if chunk_size is not None:
-        u.check_int("chunk_size", chunk_size, minimum=1)
-    return x, w, ref_x, ref_w
-
-
-def _check_hard(
-    labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
-) -> dict:
-    """Validates the hard-label options; {} when ``labels`` is None."""
-    if labels is None:
-        return {}
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"Expected `labels` to be an integer array, got dtype {labels.dtype}."
-        )
-    if labels.shape != x.shape[:-1]:
-        raise ValueError(
-            "Expected `labels` to have the position shape of `x` "
-            f"{x.shape[:-1]}, got shape {labels.shape}."
-        )
-    u.check_int("ignore_index", ignore_index)
-    if reduction == "none":
-        raise ValueError(
-            "With `labels`, `reduction` must be 'mean' or 'sum' (the two parts "
-            "are reported in the metrics); got 'none'."
-        )
-    u.check_static("label_smoothing", label_smoothing)
-    smoothing = u.check_scalar(
-        "label_smoothing", label_smoothing, low=0.0, high=1.0, open_high=True
-    )
-    if not isinstance(labels, jax.core.Tracer):  # concrete: check the range
-        u.check_ids(
-            "labels",
-            labels,
-            w.shape[1],
-            keep=np.asarray(labels) != ignore_index,
-            allowed=f" or `ignore_index` ({ignore_index})",
-        )
-    return {
-        "labels": labels,
-        "soft_weight": u.check_scalar("soft_weight", soft_weight, low=0.0),
-        "hard_weight": u.check_scalar("hard_weight", hard_weight, low=0.0),
-        "ignore_index": ignore_index,
-        "label_smoothing": smoothing,
-    }
 
 
 @functools.partial(
@@ -414,7 +87,6 @@ def _check_hard(
         "kind",
         "reduction",
         "chunk_size",
-        "method",
         "ignore_index",
         "label_smoothing",
     ),
@@ -434,7 +106,6 @@ def _fused_impl(
     kind,
     reduction,
     chunk_size,
-    method,
     ignore_index=-100,
     label_smoothing=0.0,
 ):
@@ -448,32 +119,34 @@ def _fused_impl(
     has_t = temperature is not None
     t = jnp.asarray(temperature if has_t else 1.0, dtype)
     beta = jnp.asarray(0.5 if beta is None else beta, dtype)
-    dtypes = (x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype)
-    cfg = _Config(kind, has_t, dtypes, label_smoothing)
+    config = fk.Config(
+        kind=kind,
+        has_t=has_t,
+        dtypes=fk.PerInput(x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype),
+        smoothing=label_smoothing,
+    )
 
-    heads = (xs, w, rxs, ref_w, t, beta)
+    heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
     if labels is not None:
         weights = (soft_weight, hard_weight)
         return _distill(
-            cfg, lay, heads, valid, labels, weights, ignore_index, reduction
+            config, lay, heads, valid, labels, weights, ignore_index, reduction
         )
-    if method == "precompute" and reduction != "none":
-        weights = lay.chunked(valid).astype(dtype)
-        total, _ = _fused_total(cfg, *heads, weights, None)
-        if reduction == "sum":
-            return total
-        count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
-        return total / jnp.maximum(jnp.asarray(count, dtype), 1)
-
-    values = _fused_values(cfg, *heads)  # [n_chunks, C]
-    values = lay.unchunked(values)
-    return u.reduce(values, reduction, mask)
+    if reduction == "none":
+        values = fk.fused_values(config, *heads)  # [n_chunks, C]
+        return u.reduce(lay.unchunked(values), reduction, mask)
+    weights = lay.chunked(valid).astype(dtype)
+    total, _ = fk.fused_total(config, *heads, weights, None)
+    if reduction == "sum":
+        return total
+    count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
+    return total / jnp.maximum(jnp.asarray(count, dtype), 1)
 
 
-def _distill(cfg, lay, heads, valid, labels, weights, ignore_index, reduction):
+def _distill(config, lay, heads, valid, labels, weights, ignore_index, reduction):
     """soft · divergence + hard · CE(labels) in one pass, and both parts."""
     soft_weight, hard_weight = weights
-    dtype = heads[4].dtype  # t's
+    dtype = heads.t.dtype
     kept = valid & (labels != ignore_index)
     if reduction == "mean":
         soft_scale = soft_weight / jnp.maximum(jnp.sum(valid, dtype=dtype), 1)
@@ -484,7 +157,7 @@ def _distill(cfg, lay, heads, valid, labels, weights, ignore_index, reduction):
     ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
     safe_labels = jnp.where(kept, labels, 0).astype(jnp.int32)
     hard = (lay.chunked(safe_labels), ce_weights)
-    total, (div, ce) = _fused_total(cfg, *heads, div_weights, hard)
+    total, (div, ce) = fk.fused_total(config, *heads, div_weights, hard)
     div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
     metrics = {
         "divergence": u.reduce(div, reduction, valid),
@@ -556,7 +229,8 @@ def fused_linear_kl_divergence(
         CE the cross-entropy of the untempered student logits at ``labels``,
         from the same pass over each chunk (``"mean"`` or ``"sum"`` only).
       ignore_index: label value that is left out of the cross-entropy. Static.
-      soft_weight, hard_weight: weights ≥ 0 of the two parts (traced).
+      soft_weight, hard_weight: weights ≥ 0 of the two parts: numbers or scalar
+        arrays, which may be traced (a new value never recompiles).
       label_smoothing: ε in [0, 1): CE = (1 − ε) CE(labels) + ε CE(uniform).
         Static.
 
@@ -588,28 +262,12 @@ def fused_linear_kl_divergence(
       (fused linear cross-entropy / JSD). Hinton et al., Distilling the
       Knowledge in a Neural Network, 2015.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
+    u.check_option("direction", direction, _checks.DIRECTIONS)
     u.check_bool("symmetric", symmetric)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
-    x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
-    hard = _check_hard(
-        labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
-    )
-    temperature = u.check_temperature(temperature)
-    return _fused_impl(
-        x,
-        w,
-        ref_x,
-        ref_w,
-        temperature,
-        None,
-        where,
-        kind="symmetric" if symmetric else direction,
-        reduction=reduction,
-        chunk_size=chunk_size,
-        method="precompute",
-        **hard,
-    )
+    kind = "symmetric" if symmetric else direction
+    heads = (x, w, ref_x, ref_w)
+    hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
+    return _fused(heads, kind, None, temperature, reduction, where, chunk_size, hard)
 
 
 def fused_linear_js_divergence(
@@ -647,8 +305,9 @@ def fused_linear_js_divergence(
       w: its head kernel [H, V].
       ref_x: reference hidden states [..., H_ref] (Q, e.g. the teacher).
       ref_w: the reference head kernel [H_ref, V].
-      beta: mixture weight in the open interval (0, 1); changing it does not
-        recompile.
+      beta: mixture weight in the open interval (0, 1), a Python float (an
+        array, traced or not, is refused). Called outside ``jax.jit``, a new
+        value does not recompile.
       temperature: divides both heads' logits; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
@@ -679,24 +338,7 @@ def fused_linear_js_divergence(
       Self-Generated Mistakes (GKD), 2024. Hsu et al., Liger Kernel: Efficient
       Triton Kernels for LLM Training, 2024.
     """
-    beta = u.check_beta(beta)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
-    x, w, ref_x, ref_w = _check_heads(x, w, ref_x, ref_w, chunk_size)
-    hard = _check_hard(
-        labels, x, w, ignore_index, soft_weight, hard_weight, label_smoothing, reduction
-    )
-    temperature = u.check_temperature(temperature)
-    return _fused_impl(
-        x,
-        w,
-        ref_x,
-        ref_w,
-        temperature,
-        beta,
-        where,
-        kind="js",
-        reduction=reduction,
-        chunk_size=chunk_size,
-        method="precompute",
-        **hard,
-    )
+    beta = _checks.check_beta(beta)
+    heads = (x, w, ref_x, ref_w)
+    hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
+    return _fused(heads, "js", beta, temperature, reduction, where, chunk_size, hard)

@@ -2,8 +2,8 @@
 
 The student's log-probs ``log_softmax(x @ w)`` are formed a chunk of positions at
 a time (the layout of the fused divergences) and compared with the stored top-k
-teacher by the exact kernel of :mod:`jaxpenalties.sparse`, with the same ``tail``
-and ``temperature`` conventions. Each chunk's computation is rematerialised in
+teacher by the same exact kernel as :mod:`jaxpenalties.sparse`, with the same
+``tail`` and ``temperature`` conventions. Each chunk's computation is rematerialised in
 the backward pass (``jax.checkpoint`` inside a ``lax.scan``), so the extra memory
 is O(chunk_size · V) in both passes.
 """
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _chunking, sparse
+from jaxpenalties import _checks, _chunking, _topk
 from jaxpenalties import _utils as u
 
 
@@ -30,7 +30,7 @@ def _impl(
     lay = _chunking.layout(x, w, chunk_size)
     valid = jnp.ones(lay.positions, bool) if mask is None else mask
     # Masked rows of x are zeroed (a NaN there would reach dw = xᵀ · dz);
-    # ``sparse._impl`` masks the indices and the teacher's rows itself.
+    # ``_topk.divergence`` masks the indices and the teacher's rows itself.
     xs = lay.chunked(u.sanitize(x, mask))
     idx, tq = lay.chunked(indices), lay.chunked(teacher)
     ok = lay.chunked(valid)  # padded rows are masked too
@@ -39,7 +39,7 @@ def _impl(
     def chunk_values(xc, ic, qc, mc):
         z = _chunking.dot(xc, w, 1, 0, dtype)
         student = jax.nn.log_softmax(z, axis=-1)
-        return sparse._impl(
+        return _topk.divergence(
             student,
             ic,
             qc,
@@ -60,22 +60,14 @@ def _impl(
     return u.reduce(lay.unchunked(values), reduction, mask)
 
 
-def _check(x, w, indices, teacher, tail, temperature, reduction, where, chunk_size):
-    x = u.check_floating("x", x)
-    w = u.check_floating("w", w)
-    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[0]:
-        raise ValueError(
-            "Expected `x` [..., H] and a 2-D kernel `w` [H, V], got shapes "
-            f"{x.shape} and {w.shape}."
-        )
-    if chunk_size is not None:
-        u.check_int("chunk_size", chunk_size, minimum=1)
+def _check(x, w, top_k, tail, temperature, reduction, where, chunk_size):
+    """Validates everything eagerly; ``top_k`` is (indices, teacher log-probs)."""
+    x, w = _checks.check_linear_head(x, w, chunk_size)
     student_shape = x.shape[:-1] + (w.shape[1],)
-    indices, teacher, t, mask = sparse.check_teacher(
-        student_shape, indices, teacher, tail, temperature, reduction, where
+    indices, teacher, t, mask = _checks.check_teacher(
+        student_shape, *top_k, tail, temperature, reduction, where
     )
-    dtype = u.compute_dtype(x, w, teacher)
-    t = None if t is None else jnp.asarray(t, dtype)
+    t = None if t is None else jnp.asarray(t, u.compute_dtype(x, w, teacher))
     return x, w, indices, teacher, t, mask
 
 
@@ -135,24 +127,14 @@ def fused_linear_sparse_kl_divergence(
       2015. Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM
       Training, 2024.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
-    u.check_bool("symmetric", symmetric)
-    args = _check(
-        x,
-        w,
-        teacher_indices,
-        teacher_logprobs,
-        tail,
-        temperature,
-        reduction,
-        where,
-        chunk_size,
-    )
+    kind, swap = _checks.check_kl_direction(direction, symmetric)
+    top_k = (teacher_indices, teacher_logprobs)
+    args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
     return _impl(
         *args,
         None,
-        kind="symmetric" if symmetric else "forward",
-        swap=not symmetric and direction == "reverse",
+        kind=kind,
+        swap=swap,
         tail=tail,
         reduction=reduction,
         chunk_size=chunk_size,
@@ -182,7 +164,8 @@ def fused_linear_sparse_js_divergence(
       w: the student head kernel [H, V].
       teacher_indices: integer [..., k], distinct entries in [0, V).
       teacher_logprobs: the teacher's log-probs of those entries [..., k].
-      beta: mixture weight in (0, 1).
+      beta: mixture weight in the open interval (0, 1), a Python float, as in
+        :func:`jaxpenalties.sparse_js_divergence`.
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
@@ -205,18 +188,9 @@ def fused_linear_sparse_js_divergence(
     References:
       Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    beta = u.check_beta(beta)
-    args = _check(
-        x,
-        w,
-        teacher_indices,
-        teacher_logprobs,
-        tail,
-        temperature,
-        reduction,
-        where,
-        chunk_size,
-    )
+    beta = _checks.check_beta(beta)
+    top_k = (teacher_indices, teacher_logprobs)
+    args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
     return _impl(
         *args,
         beta,

@@ -37,145 +37,19 @@ NaN at its position, never a silent number.
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from jaxpenalties import _kernels
+from jaxpenalties import _checks, _topk
 from jaxpenalties import _utils as u
-
-TAILS = ("renormalize", "bucket")
-_LOG_HALF = float(np.log(0.5))
-
-
-def _log_mass(x):
-    """log Σ exp(x) over the last axis, keepdims; the largest entry's term is
-    ``expm1(0) = 0`` plus 1 outside, so mass near 1 keeps its digits. −inf for a
-    row of −inf. Exact gradients (softmax), also at ties."""
-    top = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    some = jnp.isfinite(top)
-    d = x - jnp.where(some, top, jnp.zeros((), x.dtype))
-    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    first = iota == jnp.argmax(x, axis=-1, keepdims=True)
-    rest = jnp.sum(jnp.where(first, jnp.expm1(d), jnp.exp(d)), -1, keepdims=True)
-    rest = jnp.where(some, rest, jnp.zeros((), x.dtype))
-    return jnp.where(some, top + jnp.log1p(rest), -jnp.inf)
-
-
-def _with_tail(x, dtype):
-    """x [..., k] with the tail bucket log(1 − Σ exp x) appended: [..., k + 1]."""
-    x = x.astype(dtype)
-    lse = _log_mass(x)
-    # log1mexp, every branch evaluated only where it is finite (no NaN grads).
-    small = lse < _LOG_HALF
-    near = jnp.logical_and(jnp.logical_not(small), lse < 0)
-    neg = jnp.full((), -1.0, dtype)
-    tail = jnp.where(
-        small,
-        jnp.log1p(-jnp.exp(jnp.where(small, lse, neg))),
-        jnp.log(-jnp.expm1(jnp.where(near, lse, neg))),
-    )
-    tail = jnp.where(lse < 0, tail, -jnp.inf)
-    return jnp.concatenate([x, tail], axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "swap", "tail", "reduction"))
-def _impl(
-    student, indices, teacher, temperature, mask, beta, *, kind, swap, tail, reduction
-):
-    dtype = u.compute_dtype(student, teacher)
-    if mask is not None:  # garbage indices at masked positions: read entry 0
-        indices = u.sanitize(indices, mask)
-    g = jnp.take_along_axis(
-        student,
-        indices,
-        axis=-1,
-        mode="fill",
-        fill_value=jnp.nan,
-        wrap_negative_indices=False,
-    )
-    t = None if temperature is None else jnp.asarray(temperature, dtype)
-    beta = None if beta is None else jnp.asarray(beta, dtype)
-    if tail == "renormalize":
-        # The kernel's logits path: log_softmax(x / T) over the k entries.
-        a, b, logits = g, teacher, True
-    elif indices.shape[-1] == student.shape[-1]:  # k = V: no complement
-        a, b, logits = g, teacher, False
-    else:
-        a = _with_tail(u.sanitize(g, mask), dtype)
-        b = _with_tail(u.sanitize(teacher, mask), dtype)
-        logits = False
-    if swap:
-        a, b = b, a
-    values = _kernels.divergence(kind, logits, a, b, mask, t, beta)
-    return u.reduce(values, reduction, mask)
 
 
 def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
     """Validates everything eagerly; returns the arrays, T and the mask."""
     student = u.check_floating("student_logprobs", student)
-    indices, teacher, t, mask = check_teacher(
+    indices, teacher, t, mask = _checks.check_teacher(
         student.shape, indices, teacher, tail, temperature, reduction, where
     )
     return student, indices, teacher, t, mask
-
-
-def check_teacher(student_shape, indices, teacher, tail, temperature, reduction, where):
-    """Validates a top-k teacher against a student of ``student_shape`` [..., V]
-    (also for the fused student, whose log-probs never exist as an array)."""
-    u.check_option("tail", tail, TAILS)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
-    teacher = u.check_floating("teacher_logprobs", teacher)
-    if not isinstance(indices, (jax.Array, np.ndarray)):  # tracers are jax.Array
-        indices = np.asarray(indices)
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise TypeError(
-            "Expected `teacher_indices` to be an integer array, got dtype "
-            f"{indices.dtype}."
-        )
-    u.check_same_shape("teacher_indices", indices, "teacher_logprobs", teacher)
-    shape, positions = jnp.shape(indices), tuple(student_shape[:-1])
-    if len(student_shape) == 0 or len(shape) == 0 or shape[:-1] != positions:
-        raise ValueError(
-            "Expected `teacher_indices` [..., k] to have the position shape of "
-            f"the student [..., V], got {shape} and {tuple(student_shape)}."
-        )
-    k, vocab = shape[-1], student_shape[-1]
-    if not 1 <= k <= vocab:
-        raise ValueError(
-            f"Expected at least 1 and at most V = {vocab} teacher entries, got k = {k}."
-        )
-    mask = u.broadcast_where(where, positions)
-    _check_concrete_indices(indices, vocab, mask)
-    t = u.check_temperature(temperature)
-    if tail == "bucket" and t is not None:
-        if isinstance(t, jax.core.Tracer) or float(t) != 1:
-            raise ValueError(
-                'Expected temperature=1 with tail="bucket" (the teacher\'s tail '
-                "mass cannot be tempered without its full distribution), got "
-                f'{temperature!r}. Use tail="renormalize".'
-            )
-        t = None
-    return jnp.asarray(indices), teacher, t, mask
-
-
-def _check_concrete_indices(indices, vocab, mask):
-    """Range and distinctness of concrete indices, where a concrete mask keeps."""
-    if isinstance(indices, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
-        return
-    rows = np.asarray(indices)
-    rows = rows.reshape(-1, rows.shape[-1])
-    if mask is not None:
-        rows = rows[np.asarray(mask).reshape(-1)]
-    u.check_ids("teacher_indices", rows, vocab, allowed=" (the student's V)")
-    ordered = np.sort(rows, axis=-1)
-    if np.any(ordered[:, 1:] == ordered[:, :-1]):
-        raise ValueError(
-            "Expected the `teacher_indices` of each position to be distinct; a "
-            "duplicate would count its entry twice."
-        )
 
 
 def sparse_kl_divergence(
@@ -241,13 +115,12 @@ def sparse_kl_divergence(
       Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network,
       2015. Agarwal et al., On-Policy Distillation of Language Models (GKD), 2024.
     """
-    u.check_option("direction", direction, u.DIRECTIONS)
-    u.check_bool("symmetric", symmetric)
+    kind, swap = _checks.check_kl_direction(direction, symmetric)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
-    kind = "symmetric" if symmetric else "forward"
-    swap = not symmetric and direction == "reverse"
-    return _impl(*args, None, kind=kind, swap=swap, tail=tail, reduction=reduction)
+    return _topk.divergence(
+        *args, None, kind=kind, swap=swap, tail=tail, reduction=reduction
+    )
 
 
 def sparse_js_divergence(
@@ -277,7 +150,9 @@ def sparse_js_divergence(
       student_logprobs: student log-probabilities [..., V], any float dtype.
       teacher_indices: integer [..., k], distinct entries in [0, V).
       teacher_logprobs: the teacher's log-probabilities of those entries.
-      beta: mixture weight in (0, 1); changing it never recompiles.
+      beta: mixture weight in the open interval (0, 1), a Python float (an
+        array, traced or not, is refused). Called outside ``jax.jit``, a new
+        value does not recompile.
       tail: ``"renormalize"`` or ``"bucket"``. Static.
       temperature: T (``"renormalize"`` only); no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
@@ -306,7 +181,9 @@ def sparse_js_divergence(
       Self-Generated Mistakes (GKD), 2024. Lin, Divergence measures based on the
       Shannon entropy, 1991.
     """
-    beta = u.check_beta(beta)
+    beta = _checks.check_beta(beta)
     arrays = (student_logprobs, teacher_indices, teacher_logprobs)
     args = _check_inputs(*arrays, tail, temperature, reduction, where)
-    return _impl(*args, beta, kind="js", swap=False, tail=tail, reduction=reduction)
+    return _topk.divergence(
+        *args, beta, kind="js", swap=False, tail=tail, reduction=reduction
+    )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _chunking, _kernels
+from jaxpenalties import _checks, _chunking, _kernels
 from jaxpenalties import _utils as u
 
 
@@ -172,28 +172,16 @@ def fused_linear_token_logprobs(
       in Open Language Models (GRPO), 2024. Hsu et al., Liger Kernel: Efficient
       Triton Kernels for LLM Training, 2024.
     """
-    x = u.check_floating("x", x)
-    w = u.check_floating("w", w)
-    tokens = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise TypeError(
-            f"Expected `tokens` to be an integer array, got dtype {tokens.dtype}."
-        )
-    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[0]:
-        raise ValueError(
-            "Expected `x` [..., H] and a 2-D kernel `w` [H, V], got shapes "
-            f"{x.shape} and {w.shape}."
-        )
+    x, w = _checks.check_linear_head(x, w, chunk_size)
+    tokens = _checks.check_integer("tokens", jnp.asarray(tokens))
     if tokens.shape != x.shape[:-1]:
         raise ValueError(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
             f"got shape {tokens.shape}."
         )
-    u.check_ids("tokens", tokens, w.shape[1], keep=where)
-    if chunk_size is not None:
-        u.check_int("chunk_size", chunk_size, minimum=1)
+    _checks.check_ids("tokens", tokens, w.shape[1], keep=where)
     u.check_bool("entropy", entropy)
-    temperature = u.check_temperature(temperature)
+    temperature = _checks.check_temperature(temperature)
     return _impl(
         x, w, tokens, temperature, where, chunk_size=chunk_size, entropy=entropy
     )

@@ -19,7 +19,6 @@ from jax.test_util import check_grads
 
 import jaxpenalties as jp
 from jaxpenalties._chunking import plan as _plan
-from jaxpenalties.fused import _fused_impl
 
 H, HR, V = 16, 12, 96
 
@@ -99,8 +98,9 @@ def fused_and_plain(kind):
 class TestMatchesMaterialised:
     @pytest.mark.parametrize("kind,options", OPTIONS)
     def test_every_option_and_reduction(self, kind, options):
-        # 13 positions in chunks of 4: 4 chunks, the last padded with 3 rows.
-        assert _plan(13, 4) == (4, 4)
+        # 13 positions in chunks of at most 4: several chunks, with padded rows.
+        n_chunks, c = _plan(13, 4)
+        assert n_chunks > 1 and n_chunks * c > 13
         args = heads((13,))
         fused, plain = fused_and_plain(kind)
         got = all_reductions(functools.partial(fused, chunk_size=4, **options), args)
@@ -165,24 +165,18 @@ class TestMatchesMaterialised:
         for g in grads:
             assert np.all(np.asarray(g) == 0)
 
-    def test_recompute_method_matches_for_scalar_reductions(self):
-        # The per-position path (used for "none") reduced by mean: same result.
+    def test_per_position_path_matches_for_scalar_reductions(self):
+        # The per-position path ("none", whose backward pass recomputes each
+        # chunk's logits) averaged, against "mean" (gradients formed in the
+        # forward pass): same value and gradients.
         args = heads((13,))
+        fused = functools.partial(jp.fused_linear_kl_divergence, chunk_size=4)
 
-        def f(*a, method):
-            return _fused_impl(
-                *a,
-                None,
-                None,
-                None,
-                kind="forward",
-                reduction="mean",
-                chunk_size=4,
-                method=method,
-            )
+        def recomputed(*a):
+            return jnp.mean(fused(*a, reduction="none"))
 
-        got = value_and_grads(functools.partial(f, method="recompute"), args, "mean")
-        want = value_and_grads(functools.partial(f, method="precompute"), args, "mean")
+        got = value_and_grads(recomputed, args, "mean")
+        want = value_and_grads(functools.partial(fused, reduction="mean"), args, "mean")
         assert_close(got, want, rtol=2e-5, atol=2e-6)
 
     def test_temperature_array_value_and_gradient(self):
@@ -431,7 +425,7 @@ class TestValidation:
     chunk_size=st.integers(1, 700),
     shards=st.sampled_from([1, 2, 4, 8]),
 )
-def test_plan_covers_every_row_within_the_chunk_size(n, chunk_size, shards):
+def test_plan_contract(n, chunk_size, shards):
     n_chunks, c = _plan(n, chunk_size, shards)
     assert n_chunks >= 1 and n_chunks * c >= n
     if shards == 1 or n % shards:
@@ -441,13 +435,23 @@ def test_plan_covers_every_row_within_the_chunk_size(n, chunk_size, shards):
         # Explicitly sharded rows: no padding, every chunk splits over shards.
         assert n_chunks * c == n and (n // shards) % n_chunks == 0
         assert c <= chunk_size or c == shards
+    if n:
+        _check_exact_split(n, chunk_size, shards)
 
 
-def test_plan_examples():
-    assert _plan(16_384, 1024) == (16, 1024)  # divides: no padding
-    assert _plan(1000, 256) == (5, 200)  # 200 = 8 · 25 beats 250 = 2 · 125
-    assert _plan(13, 4) == (4, 4)  # prime: 3 padded rows
-    assert _plan(16_376, 1024, shards=8) == (23, 712)  # 712 rows = 8 · 89
+def _check_exact_split(n, chunk_size, shards):
+    # The documented preference: when some number of chunks between the fewest
+    # and twice the fewest divides each shard's rows, one such number is taken:
+    # nothing is padded and no chunk exceeds chunk_size.
+    n_chunks, c = _plan(n, chunk_size, shards)
+    fewest = -(-n // chunk_size)
+    if n % shards == 0 and any(
+        (n // shards) % k == 0 for k in range(fewest, 2 * fewest + 1)
+    ):
+        assert n_chunks * c == n
+        assert fewest <= n_chunks <= 2 * fewest and c <= chunk_size
+        if shards > 1:
+            assert c % shards == 0
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import optax
 import pytest
 
 import jaxpenalties as jp
-from jaxpenalties.transforms import PenaltyGradientState
 from tests.compile_counter import count_compiles
 
 
@@ -58,7 +57,7 @@ class TestValues:
         updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
         expected = jax.tree.map(lambda p: 1.0 + 0.2 * 3 * p**2, np_tree(params))
         tree_close(updates, expected, rtol=1e-6)
-        assert isinstance(state, PenaltyGradientState) and state.count == 1
+        assert isinstance(state, jp.PenaltyGradientState) and state.count == 1
 
     def test_l1_decay_is_weight_times_sign(self, params):
         tx = jp.add_l1_decay(0.01)

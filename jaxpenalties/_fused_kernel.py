@@ -1,0 +1,325 @@
+"""Private: the per-chunk maths of the fused linear-head divergences and their
+derivative rules.
+
+Hidden states arrive laid out in chunks by :mod:`jaxpenalties._chunking`
+([C, n_chunks, H]); one ``lax.scan`` forms each chunk's logits, the
+divergence kernel of :mod:`jaxpenalties._kernels` gives its per-position
+values, and the rules below give the gradients:
+
+* :func:`fused_total` (``reduction="mean"`` / ``"sum"``, and hard labels): a
+  ``jax.custom_jvp`` whose rule computes the value and the gradients in the
+  same pass over the chunks; reverse mode keeps the gradients as residuals and
+  only scales them by the cotangent.
+* :func:`fused_values` (``reduction="none"``): a ``jax.custom_vjp`` whose
+  backward pass recomputes each chunk's logits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpenalties import _chunking, _kernels
+
+# ----------------------------------------------------------------------------
+# Per-chunk math
+# ----------------------------------------------------------------------------
+
+
+class PerInput(NamedTuple):
+    """One entry per differentiable input of the scans (the trained head's
+    hidden states and kernel, the reference's, and the temperature): which
+    gradients are needed, their dtypes, the gradients themselves."""
+
+    x: Any
+    w: Any
+    rx: Any
+    rw: Any
+    t: Any
+
+
+class Heads(NamedTuple):
+    """The arrays of one fused call, in the order the scans take them: the
+    chunked hidden states [C, n_chunks, H] and kernel of each head, the
+    temperature and β (scalars in the compute dtype)."""
+
+    x: Any
+    w: Any
+    rx: Any
+    rw: Any
+    t: Any
+    beta: Any
+
+
+class Config(NamedTuple):
+    """The static facts of one fused call, read by name (hashable: the
+    ``nondiff_argnums`` key of the derivative rules)."""
+
+    kind: str  # "forward", "reverse", "symmetric" or "js"
+    has_t: bool  # a temperature applies
+    dtypes: PerInput  # the primal dtypes, which the gradients take
+    smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
+
+
+def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
+    """Per-position divergence [C] from the logits [C, V] of both heads (the
+    kernel normalises them, tempered by ``t`` when ``has_t``)."""
+    a, b = (rz, z) if kind == "reverse" else (z, rz)
+    kernel_kind = "forward" if kind == "reverse" else kind
+    return _kernels.divergence(
+        kernel_kind,
+        True,
+        a,
+        b,
+        None,
+        t if has_t else None,
+        beta if kind == "js" else None,
+    )
+
+
+def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
+    """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
+    [C, V] (and t), from the kernel's analytic VJP."""
+    if has_t and need_t:
+        values, vjp = jax.vjp(
+            lambda z, rz, t: _chunk_values(kind, True, z, rz, t, beta), z, rz, t
+        )
+        dz, drz, dt = vjp(g)
+        return values, dz, drz, dt
+    values, vjp = jax.vjp(
+        lambda z, rz: _chunk_values(kind, has_t, z, rz, t, beta), z, rz
+    )
+    dz, drz = vjp(g)
+    return values, dz, drz, None
+
+
+def _cross_entropy(z, labels, smoothing):
+    """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
+    smoothing ε, and its gradient w.r.t. z but for the label term:
+    CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
+    """
+    # Row statistics only ([C, 1]); every [C, V] expression below reads z
+    # directly, so each fuses into its consumer instead of being stored.
+    top = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    lse = top + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True))
+    z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)
+    ce = (1 - smoothing) * (lse - z_y) + smoothing * (
+        lse - jnp.mean(z, axis=-1, keepdims=True)
+    )
+    # ∂/∂z without the label term, which the caller scatters in (no [C, V]
+    # one-hot: a compare-and-select over the chunk costs XLA:CPU its fusion).
+    return ce[:, 0], jnp.exp(z - lse) - smoothing / z.shape[-1]
+
+
+def _add_label_term(dz, labels, scale):
+    """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
+    rows = jnp.arange(dz.shape[0])
+    return dz.at[rows, labels].add(-scale)
+
+
+def _matmul_dtype(*arrays):
+    """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
+    accumulated in float32), as a bf16 matmul's autodiff does."""
+    return jnp.result_type(*arrays)
+
+
+def _value_scan(config, x, w, rx, rw, t, beta, hard=None):
+    """Per-position values [n_chunks, C] (and the cross-entropies at the hard
+    labels, when ``hard`` is given); ``x`` is [C, n_chunks, H]."""
+    kind, has_t = config.kind, config.has_t
+    dtype = t.dtype
+
+    def step(carry, k):
+        z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
+        rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
+        values = _chunk_values(kind, has_t, z, rz, t, beta)
+        if hard is None:
+            return carry, values
+        ce, _ = _cross_entropy(z, _chunking.chunk(hard[0], k), config.smoothing)
+        return carry, (values, ce)
+
+    _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
+    return values
+
+
+def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
+    """One pass over the chunks: per-position values [n_chunks, C] and the
+    gradients of Σ weights · values (``weights`` laid out like ``x``, [C,
+    n_chunks]) w.r.t. the inputs flagged in ``need`` (a :class:`PerInput` of
+    bools), in the compute dtype (None where not needed). With ``hard = (labels,
+    ce_weights)`` the objective also has Σ ce_weights · CE(labels),
+    from the same student logits, and the values are (divergences, CEs)."""
+    kind, has_t = config.kind, config.has_t
+    dtype = t.dtype
+    n_chunks = x.shape[1]
+    groups = _chunking.row_groups(x)
+    ref_groups = _chunking.row_groups(rx)
+
+    def zeros_if(flag, like, dtype=dtype):  # zeros_like keeps the sharding
+        return jnp.zeros_like(like, dtype=dtype) if flag else None
+
+    # dx rows are written once each: kept in the input dtype. dw is a sum over
+    # every chunk: accumulated in float32 (one [H, V] float32 buffer per head).
+    acc0 = {
+        "x": zeros_if(need.x, x, x.dtype),
+        "w": _chunking.kernel_grad_zeros(x, w, groups, dtype) if need.w else None,
+        "rx": zeros_if(need.rx, rx, rx.dtype),
+        "rw": _chunking.kernel_grad_zeros(rx, rw, ref_groups, dtype)
+        if need.rw
+        else None,
+        "t": zeros_if(need.t, t),
+    }
+    mm = _matmul_dtype(x, w)
+    ref_mm = _matmul_dtype(rx, rw)
+
+    def step(acc, k):
+        xc, rxc, gc = (
+            _chunking.chunk(x, k),
+            _chunking.chunk(rx, k),
+            _chunking.chunk(weights, k),
+        )
+        z = _chunking.dot(xc, w, 1, 0, dtype)
+        rz = _chunking.dot(rxc, rw, 1, 0, dtype)
+        values, dz, drz, dt = _chunk_grads(
+            kind, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
+        )
+        if hard is not None:
+            labels, ce_weights = hard
+            labels_k = _chunking.chunk(labels, k)
+            ce, dce = _cross_entropy(z, labels_k, config.smoothing)
+            hw = _chunking.chunk(ce_weights, k).astype(dtype)
+            dz = dz + hw[:, None] * dce
+            dz = _add_label_term(dz, labels_k, hw * (1 - config.smoothing))
+            values = (values, ce)
+        # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
+        # head: never a float32 copy of w) and accumulate in float32.
+        dz, drz = dz.astype(mm), drz.astype(ref_mm)
+        acc = dict(acc)
+        if need.x:  # dx = dz · wᵀ, written into the chunk's rows
+            dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
+            acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
+        if need.w:  # dw += xᵀ · dz, accumulated in the compute dtype
+            acc["w"] = acc["w"] + _chunking.kernel_grad(xc, dz, groups, dtype, like=w)
+        if need.rx:
+            drx = _chunking.dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
+            acc["rx"] = lax.dynamic_update_index_in_dim(acc["rx"], drx, k, axis=1)
+        if need.rw:
+            acc["rw"] = acc["rw"] + _chunking.kernel_grad(
+                rxc, drz, ref_groups, dtype, like=rw
+            )
+        if need.t:
+            acc["t"] = acc["t"] + dt
+        return acc, values
+
+    acc, values = lax.scan(step, acc0, jnp.arange(n_chunks))
+    dw = _chunking.sum_groups(acc["w"], groups)
+    drw = _chunking.sum_groups(acc["rw"], ref_groups)
+    return values, PerInput(acc["x"], dw, acc["rx"], drw, acc["t"])
+
+
+def _cast_grads(config, grads):
+    """Casts the compute-dtype gradients to the primal dtypes."""
+    return PerInput(
+        *(
+            None if d is None else d.astype(dtype)
+            for d, dtype in zip(grads, config.dtypes, strict=True)
+        )
+    )
+
+
+def _is_zero(ct) -> bool:
+    return isinstance(ct, jax.custom_derivatives.SymbolicZero)
+
+
+# ----------------------------------------------------------------------------
+# Σ over unmasked positions: gradients formed in the forward pass
+# ----------------------------------------------------------------------------
+#
+# A ``custom_jvp`` whose rule computes the value and the gradients of the
+# inputs whose tangent is not a symbolic zero in one pass, and returns the
+# tangent Σᵢ ⟨gradᵢ, tangentᵢ⟩. That tangent is linear in the tangents, so
+# reverse mode (JAX partial-evaluates, then transposes) keeps the gradients as
+# residuals and scales them by the cotangent: no second pass over the chunks.
+# Which inputs are differentiated is part of JAX's own cache key for a JVP
+# rule, so no trace is ever reused for another set of differentiated inputs
+# (a custom VJP whose residuals depend on ``perturbed`` is not safe: JAX may
+# reuse its forward trace for another set). Forward mode (``jax.jvp``,
+# ``jax.jacfwd``) works too.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def fused_total(config, x, w, rx, rw, t, beta, weights, hard):
+    """Σ weights · divergence (+ Σ ce_weights · CE with ``hard``), and the
+    per-position values [n_chunks, C] as metrics (zero tangent)."""
+    values = _value_scan(config, x, w, rx, rw, t, beta, hard)
+    return _objective(values, weights, hard), values
+
+
+def _objective(values, weights, hard):
+    if hard is None:
+        return jnp.sum(weights.T * values)
+    div, ce = values
+    return jnp.sum(weights.T * div) + jnp.sum(hard[1].T * ce)
+
+
+def _fused_total_jvp(config, primals, tangents):
+    x, w, rx, rw, t, beta, weights, hard = primals
+    diff = tangents[:5]
+    need = PerInput(*(not _is_zero(d) for d in diff))
+    if not any(need):
+        values = _value_scan(config, x, w, rx, rw, t, beta, hard)
+    else:
+        values, grads = _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard)
+    total = _objective(values, weights, hard)
+    tangent = jnp.zeros((), t.dtype)
+    if any(need):
+        for g, d in zip(grads, diff, strict=True):
+            if g is not None:
+                # Σ g · d, elementwise then summed (also over sharded axes).
+                tangent = tangent + jnp.sum(g * d.astype(g.dtype))
+    # The objective is linear in the weights (traced soft / hard weights).
+    d_weights, d_hard = tangents[6], tangents[7]
+    if not _is_zero(d_weights):
+        div = values if hard is None else values[0]
+        tangent = tangent + jnp.sum(d_weights.T * div)
+    if hard is not None and not _is_zero(d_hard[1]):
+        tangent = tangent + jnp.sum(d_hard[1].T * values[1])
+    zeros = jax.tree.map(jnp.zeros_like, values)
+    return (total, values), (tangent, zeros)
+
+
+fused_total.defjvp(_fused_total_jvp, symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------
+# Per-position values: the backward pass recomputes each chunk's logits
+# ----------------------------------------------------------------------------
+#
+# The per-position cotangent is known only in the backward pass, so this is a
+# ``custom_vjp`` whose residuals are the inputs, always the same structure. The
+# backward pass forms every input's gradient; the gradients nobody asked for are
+# dead code, which XLA removes (with their loop-carried accumulators).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def fused_values(config, x, w, rx, rw, t, beta):
+    """Per-position divergence, [n_chunks, C]."""
+    return _value_scan(config, x, w, rx, rw, t, beta)
+
+
+def _fused_values_fwd(config, x, w, rx, rw, t, beta):
+    args = (x, w, rx, rw, t, beta)
+    return _value_scan(config, *args), args
+
+
+def _fused_values_bwd(config, args, g):
+    need = PerInput(x=True, w=True, rx=True, rw=True, t=config.has_t)
+    _, grads = _grad_scan(config, *args, g.T, need)
+    return (*_cast_grads(config, grads), None)
+
+
+fused_values.defvjp(_fused_values_fwd, _fused_values_bwd)
