@@ -60,8 +60,6 @@ napoleon_numpy_docstring = False
 nitpicky = True
 nitpick_ignore = [
     ("py:class", "KLController"),
-    ("py:class", "L2SPState"),
-    ("py:class", "PenaltyGradientState"),
     ("py:exc", "checkify.JaxRuntimeError"),
 ]
 
