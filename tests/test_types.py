@@ -16,25 +16,13 @@ from jaxpenalties import _types as t
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _mypy(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mypy", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-
-
-def test_mypy_clean():
-    result = _mypy("jaxpenalties")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_mypy_sees_the_option_types(tmp_path):
-    # What a user's type checker sees through py.typed: a misspelt option is an
-    # error before anything runs; the valid spelling and a wrong value that is
-    # only caught at run time (a negative weight) both type-check.
-    program = (
+def test_mypy_clean_on_the_package_and_strict_on_options(tmp_path):
+    # One mypy run (one cache, never two processes writing it at once) over the
+    # package and over user code that sees the package through py.typed: the
+    # package has no error, the valid spellings type-check, and each misspelt
+    # option is an error before anything runs.
+    user = tmp_path / "user.py"
+    user.write_text(
         "import jax.numpy as jnp\n"
         "import jaxpenalties as jp\n"
         "x = jnp.ones(3)\n"
@@ -43,14 +31,19 @@ def test_mypy_sees_the_option_types(tmp_path):
         "jp.aggregate(x, mode='token_mean')\n"
         "jp.l1(x, reduction='avg')\n"
     )
-    user = tmp_path / "user.py"
-    user.write_text(program)
-    result = _mypy(str(user))
-    lines = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert len(lines) == 2, result.stdout
-    assert "user.py:6: error:" in lines[0] and "'token_mean'" in lines[0]
-    assert "user.py:7: error:" in lines[1] and "'avg'" in lines[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "jaxpenalties", str(user)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    report = result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    in_package = [line for line in errors if line.startswith("jaxpenalties")]
+    assert not in_package, report
+    assert len(errors) == 2 and result.returncode == 1, report
+    assert "user.py:6: error:" in errors[0] and "'token_mean'" in errors[0], report
+    assert "user.py:7: error:" in errors[1] and "'avg'" in errors[1], report
 
 
 _X = jnp.array([[1.0, 0.5], [0.25, 2.0]])
