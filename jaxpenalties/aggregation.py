@@ -10,22 +10,25 @@ micro-batch results.
 from __future__ import annotations
 
 import functools
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import AggregationMode, ArrayLike
 
-MODES = (
-    "token-mean",
-    "seq-mean-token-mean",
-    "seq-mean-token-sum",
-    "seq-mean-token-sum-norm",
-)
+MODES: tuple[str, ...] = get_args(AggregationMode)
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))
-def _aggregate_impl(values, where, normalizer, *, mode):
+def _aggregate_impl(
+    values: jax.Array,
+    where: jax.Array | None,
+    normalizer: jax.Array | None,
+    *,
+    mode: AggregationMode,
+) -> jax.Array:
     dtype = u.compute_dtype(values)
     values = values.astype(dtype)
     mask = u.broadcast_where(where, values.shape)
@@ -48,11 +51,11 @@ def _aggregate_impl(values, where, normalizer, *, mode):
 
 
 def aggregate(
-    values: jax.typing.ArrayLike,
+    values: ArrayLike,
     *,
-    mode: str = "token-mean",
-    where: jax.typing.ArrayLike | None = None,
-    normalizer: float | jax.typing.ArrayLike | None = None,
+    mode: AggregationMode = "token-mean",
+    where: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Reduces per-token values [..., B, T] (sequences along the last axis).
 

@@ -9,21 +9,29 @@ Xᵀ X (they share their nonzero eigenvalues and their Frobenius norm).
 from __future__ import annotations
 
 import functools
+from typing import cast, get_args
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _checks, divergences
 from jaxpenalties import _utils as u
+from jaxpenalties._types import (
+    ArrayLike,
+    ConsistencyMetric,
+    OrthogonalityAxis,
+    OrthogonalityMode,
+    Reduction,
+)
 
-ORTHOGONALITY_MODES = ("soft", "hard", "spectral")
-ORTHOGONALITY_AXES = ("rows", "sequence", "vocabulary")
-CONSISTENCY_METRICS = ("mse", "l1", "cosine", "kl")
+ORTHOGONALITY_MODES: tuple[str, ...] = get_args(OrthogonalityMode)
+ORTHOGONALITY_AXES: tuple[str, ...] = get_args(OrthogonalityAxis)
+CONSISTENCY_METRICS: tuple[str, ...] = get_args(ConsistencyMetric)
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # Gram matrices in full float32 everywhere
 
 
-def _rows(x: jax.Array, axis: str) -> jax.Array:
+def _rows(x: jax.Array, axis: OrthogonalityAxis) -> jax.Array:
     """The [n, d] matrix whose rows are constrained (see `orthogonality`)."""
     if x.ndim == 2:
         return x
@@ -57,7 +65,13 @@ def _spectral_radius(e: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "normalize", "axis"))
-def _orthogonality_impl(x, *, mode, normalize, axis):
+def _orthogonality_impl(
+    x: jax.Array,
+    *,
+    mode: OrthogonalityMode,
+    normalize: bool,
+    axis: OrthogonalityAxis,
+) -> jax.Array:
     (x,) = u.upcast(x)
     x = _rows(x, axis)
     if normalize:
@@ -89,11 +103,11 @@ def _orthogonality_impl(x, *, mode, normalize, axis):
 
 
 def orthogonality(
-    x: jax.typing.ArrayLike,
+    x: ArrayLike,
     *,
-    mode: str = "soft",
+    mode: OrthogonalityMode = "soft",
     normalize: bool = True,
-    axis: str = "rows",
+    axis: OrthogonalityAxis = "rows",
 ) -> jax.Array:
     r"""Orthogonality penalty on the rows of ``x``, with Gram matrix G = X Xᵀ.
 
@@ -162,7 +176,14 @@ def orthogonality(
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "reduction"))
-def _consistency_impl(a, b, where, *, metric, reduction):
+def _consistency_impl(
+    a: jax.Array,
+    b: jax.Array,
+    where: jax.Array | None,
+    *,
+    metric: ConsistencyMetric,
+    reduction: Reduction,
+) -> jax.Array:
     a, b = u.upcast(a, b)
     mask = u.broadcast_where(where, a.shape[:-1])
     a = u.sanitize(a, mask)
@@ -180,12 +201,12 @@ def _consistency_impl(a, b, where, *, metric, reduction):
 
 
 def consistency(
-    a: jax.typing.ArrayLike,
-    b: jax.typing.ArrayLike,
+    a: ArrayLike,
+    b: ArrayLike,
     *,
-    metric: str = "mse",
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    metric: ConsistencyMetric = "mse",
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Consistency between paired outputs (e.g. clean vs augmented input).
 
@@ -234,9 +255,10 @@ def consistency(
     u.check_option("reduction", reduction, u.REDUCTIONS)
     if metric == "kl":
         _checks.check_pair(a, b, -1, names=("a", "b"))
-        return divergences.kl_divergence(
+        value = divergences.kl_divergence(
             a, b, symmetric=True, reduction=reduction, where=where
         )
+        return cast(jax.Array, value)  # without `extremes`, one array
     a = u.check_floating("a", a)
     b = u.check_floating("b", b)
     u.check_same_shape("a", a, "b", b)

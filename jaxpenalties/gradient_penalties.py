@@ -13,15 +13,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import ArrayLike, Reduction
 
 
-def _per_example_scores(fn: Callable, x: jax.Array):
+def _per_example_scores(
+    fn: Callable[[jax.Array], jax.Array], x: jax.Array
+) -> tuple[jax.Array, Callable[[jax.Array], tuple[jax.Array]]]:
     """Evaluates ``fn`` once and returns (scores, pullback) with a shape check."""
     scores, pullback = jax.vjp(fn, x)
     batch = x.shape[0]
@@ -36,7 +38,9 @@ def _per_example_scores(fn: Callable, x: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
-def _norm_penalty(grads, target, *, reduction):
+def _norm_penalty(
+    grads: jax.Array, target: jax.Array, *, reduction: Reduction
+) -> jax.Array:
     (g,) = u.upcast(grads)
     sq = jnp.sum(jnp.square(g.reshape(g.shape[0], math.prod(g.shape[1:]))), axis=1)
     norm = u.safe_sqrt(sq)  # finite gradient where the input gradient is 0
@@ -44,7 +48,7 @@ def _norm_penalty(grads, target, *, reduction):
     return u.reduce(values, reduction, None)
 
 
-def _check_batch(name: str, x: Any) -> jax.Array:
+def _check_batch(name: str, x: ArrayLike) -> jax.Array:
     x = u.check_floating(name, x)
     if x.ndim == 0:
         raise ValueError(
@@ -56,10 +60,10 @@ def _check_batch(name: str, x: Any) -> jax.Array:
 
 def gradient_penalty(
     fn: Callable[[jax.Array], jax.Array],
-    x: jax.typing.ArrayLike,
+    x: ArrayLike,
     *,
-    target_norm: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
+    target_norm: ArrayLike = 1.0,
+    reduction: Reduction = "mean",
 ) -> jax.Array:
     r"""Penalty on the input-gradient norm of ``fn``, per example.
 
@@ -109,7 +113,7 @@ def gradient_penalty(
 
 
 @jax.jit
-def _interpolate(real, fake, key):
+def _interpolate(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
     dtype = u.compute_dtype(real, fake)
     shape = (real.shape[0],) + (1,) * (real.ndim - 1)
     eps = jax.random.uniform(key, shape, dtype)  # one ε ~ U(0, 1) per example
@@ -119,12 +123,12 @@ def _interpolate(real, fake, key):
 
 def interpolated_gradient_penalty(
     fn: Callable[[jax.Array], jax.Array],
-    real: jax.typing.ArrayLike,
-    fake: jax.typing.ArrayLike,
+    real: ArrayLike,
+    fake: ArrayLike,
     *,
     key: jax.Array,
-    target_norm: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
+    target_norm: ArrayLike = 1.0,
+    reduction: Reduction = "mean",
 ) -> jax.Array:
     r"""WGAN-GP: :func:`gradient_penalty` at random interpolates of real and fake.
 
@@ -174,7 +178,9 @@ def interpolated_gradient_penalty(
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
-def _output_magnitude_impl(y, target, *, reduction):
+def _output_magnitude_impl(
+    y: jax.Array, target: jax.Array, *, reduction: Reduction
+) -> jax.Array:
     (y,) = u.upcast(y)
     mean_sq = jnp.mean(
         jnp.square(y.reshape(y.shape[0], math.prod(y.shape[1:]))), axis=1
@@ -184,10 +190,10 @@ def _output_magnitude_impl(y, target, *, reduction):
 
 
 def output_magnitude_penalty(
-    y: jax.typing.ArrayLike,
+    y: ArrayLike,
     *,
-    target: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
+    target: ArrayLike = 1.0,
+    reduction: Reduction = "mean",
 ) -> jax.Array:
     r"""Penalty on each example's output RMS: a cheap proxy for a gradient penalty.
 

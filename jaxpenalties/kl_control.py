@@ -10,12 +10,13 @@ recompiles.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import ArrayLike, Estimator
 from jaxpenalties.estimators import kl_estimate
 
 
@@ -25,15 +26,26 @@ class KLControllerState(NamedTuple):
     coef: jax.Array
 
 
+class KLUpdateFn(Protocol):
+    """The signature of :attr:`KLController.update`."""
+
+    def __call__(
+        self,
+        state: KLControllerState,
+        observed_kl: ArrayLike,
+        n_steps: ArrayLike = 1,
+    ) -> KLControllerState: ...
+
+
 class KLController(NamedTuple):
     """A pair of pure functions ``init() -> state`` and
     ``update(state, observed_kl, n_steps=1) -> state``."""
 
     init: Callable[[], KLControllerState]
-    update: Callable[..., KLControllerState]
+    update: KLUpdateFn
 
 
-def fixed_kl_controller(coef: float | jax.typing.ArrayLike) -> KLController:
+def fixed_kl_controller(coef: ArrayLike) -> KLController:
     """A constant KL coefficient, with the controller interface.
 
     Example:
@@ -45,10 +57,12 @@ def fixed_kl_controller(coef: float | jax.typing.ArrayLike) -> KLController:
     """
     coef = u.check_scalar("coef", coef, low=0.0)
 
-    def init():
+    def init() -> KLControllerState:
         return KLControllerState(jnp.asarray(coef, jnp.float32))
 
-    def update(state, observed_kl, n_steps=1):
+    def update(
+        state: KLControllerState, observed_kl: ArrayLike, n_steps: ArrayLike = 1
+    ) -> KLControllerState:
         del observed_kl, n_steps
         return state
 
@@ -56,9 +70,9 @@ def fixed_kl_controller(coef: float | jax.typing.ArrayLike) -> KLController:
 
 
 def adaptive_kl_controller(
-    init_coef: float | jax.typing.ArrayLike,
-    target: float | jax.typing.ArrayLike,
-    horizon: float | jax.typing.ArrayLike,
+    init_coef: ArrayLike,
+    target: ArrayLike,
+    horizon: ArrayLike,
     *,
     max_error: float = 0.2,
 ) -> KLController:
@@ -97,10 +111,12 @@ def adaptive_kl_controller(
     horizon = u.check_scalar("horizon", horizon, low=0.0, open_low=True)
     max_error = u.check_scalar("max_error", max_error, low=0.0, open_low=True)
 
-    def init():
+    def init() -> KLControllerState:
         return KLControllerState(jnp.asarray(init_coef, jnp.float32))
 
-    def update(state, observed_kl, n_steps=1):
+    def update(
+        state: KLControllerState, observed_kl: ArrayLike, n_steps: ArrayLike = 1
+    ) -> KLControllerState:
         kl = jnp.asarray(observed_kl, jnp.float32)
         error = jnp.clip(kl / target - 1, -max_error, max_error)
         coef = state.coef * (1 + error * jnp.asarray(n_steps, jnp.float32) / horizon)
@@ -110,13 +126,13 @@ def adaptive_kl_controller(
 
 
 def kl_penalized_rewards(
-    rewards: jax.typing.ArrayLike,
-    logprobs: jax.typing.ArrayLike,
-    ref_logprobs: jax.typing.ArrayLike,
-    coef: float | jax.typing.ArrayLike,
+    rewards: ArrayLike,
+    logprobs: ArrayLike,
+    ref_logprobs: ArrayLike,
+    coef: ArrayLike,
     *,
-    estimator: str = "k1",
-    where: jax.typing.ArrayLike | None = None,
+    estimator: Estimator = "k1",
+    where: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Per-token rewards with the KL penalty *in the reward* (PPO-style RLHF).
 
@@ -156,6 +172,7 @@ def kl_penalized_rewards(
     kl = kl_estimate(
         logprobs, ref_logprobs, estimator=estimator, reduction="none", where=where
     )
+    kl = cast(jax.Array, kl)  # without `extremes`, one array
     out = rewards.astype(kl.dtype) - jnp.asarray(
         coef, kl.dtype
     ) * jax.lax.stop_gradient(kl)

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import ArrayLike, ParamReduction, PyTree
 
 # How `center` of `l2` is applied (static): no centre, each leaf's own mean, one
 # scalar for every leaf, or a reference pytree with the structure of `x`.
-_CENTER_NONE, _CENTER_MEAN, _CENTER_SCALAR, _CENTER_TREE = "none", "mean", "s", "t"
+_CenterMode = Literal["none", "mean", "s", "t"]
+_CENTER_NONE: _CenterMode = "none"
+_CENTER_MEAN: _CenterMode = "mean"
+_CENTER_SCALAR: _CenterMode = "s"
+_CENTER_TREE: _CenterMode = "t"
 
 
-def _leaves(x: Any, name: str = "x") -> list[jax.Array]:
+def _leaves(x: PyTree, name: str = "x") -> list[jax.Array]:
     """The floating leaves of ``x``; a non-floating leaf raises, naming its path."""
     return [u.check_floating(path, leaf) for path, leaf in u.named_leaves(x, name)]
 
@@ -32,7 +37,9 @@ def _dtype(leaves: list[jax.Array]) -> jnp.dtype:
     return u.compute_dtype(*leaves) if leaves else jnp.dtype(jnp.float32)
 
 
-def _reduce(total: jax.Array, leaves: list[jax.Array], reduction: str) -> jax.Array:
+def _reduce(
+    total: jax.Array, leaves: list[jax.Array], reduction: ParamReduction
+) -> jax.Array:
     if reduction == "sum":
         return total
     count = sum(leaf.size for leaf in leaves)  # static: every element of every leaf
@@ -45,7 +52,9 @@ def _abs(v: jax.Array) -> jax.Array:
     return v * jnp.sign(v)
 
 
-def _check_center(center: Any, leaves: list[jax.Array], x: Any):
+def _check_center(
+    center: Any, leaves: list[jax.Array], x: PyTree
+) -> tuple[_CenterMode, Any]:
     """Returns (static mode, dynamic centre) for ``l2``'s ``center``."""
     if center is None:
         return _CENTER_NONE, None
@@ -61,8 +70,10 @@ def _check_center(center: Any, leaves: list[jax.Array], x: Any):
         )
     if u._is_array_like_value(center) and jnp.ndim(center) == 0:
         return _CENTER_SCALAR, u.check_floating("center", center)
-    x_def = jax.tree_util.tree_structure(x)
-    c_def = jax.tree_util.tree_structure(center)
+    # Typed Any: some jaxlib releases ship PyTreeDef without a stub, and a
+    # checker then cannot compare two of them.
+    x_def: Any = jax.tree_util.tree_structure(x)
+    c_def: Any = jax.tree_util.tree_structure(center)
     if x_def != c_def:
         raise ValueError(
             "Expected `center` to be None, 'mean', a number or a pytree with the "
@@ -80,7 +91,7 @@ def _check_center(center: Any, leaves: list[jax.Array], x: Any):
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
-def _l1_impl(leaves, *, reduction):
+def _l1_impl(leaves: list[jax.Array], *, reduction: ParamReduction) -> jax.Array:
     dtype = _dtype(leaves)
     total = jnp.zeros((), dtype)
     for leaf in leaves:
@@ -89,7 +100,14 @@ def _l1_impl(leaves, *, reduction):
 
 
 @functools.partial(jax.jit, static_argnames=("reduction", "center_mode"))
-def _l2_impl(leaves, center, clip, *, reduction, center_mode):
+def _l2_impl(
+    leaves: list[jax.Array],
+    center: Any,
+    clip: jax.Array | None,
+    *,
+    reduction: ParamReduction,
+    center_mode: _CenterMode,
+) -> jax.Array:
     dtype = _dtype(leaves)
     total = jnp.zeros((), dtype)
     for i, leaf in enumerate(leaves):
@@ -110,7 +128,9 @@ def _l2_impl(leaves, center, clip, *, reduction, center_mode):
 
 
 @functools.partial(jax.jit, static_argnames=("reduction",))
-def _elastic_net_impl(leaves, l1_ratio, *, reduction):
+def _elastic_net_impl(
+    leaves: list[jax.Array], l1_ratio: jax.Array, *, reduction: ParamReduction
+) -> jax.Array:
     dtype = _dtype(leaves)
     r = jnp.asarray(l1_ratio, dtype)
     total = jnp.zeros((), dtype)
@@ -120,7 +140,7 @@ def _elastic_net_impl(leaves, l1_ratio, *, reduction):
     return _reduce(total, leaves, reduction)
 
 
-def l1(x: Any, *, reduction: str = "sum") -> jax.Array:
+def l1(x: PyTree, *, reduction: ParamReduction = "sum") -> jax.Array:
     r"""L1 penalty (lasso): the sum of absolute values over every leaf of ``x``.
 
     .. math::
@@ -157,11 +177,11 @@ def l1(x: Any, *, reduction: str = "sum") -> jax.Array:
 
 
 def l2(
-    x: Any,
+    x: PyTree,
     *,
-    reduction: str = "sum",
-    center: Any = None,
-    clip: float | jax.typing.ArrayLike | None = None,
+    reduction: ParamReduction = "sum",
+    center: Literal["mean"] | ArrayLike | PyTree | None = None,
+    clip: ArrayLike | None = None,
 ) -> jax.Array:
     r"""L2 penalty: the sum of squared distances to a centre over every leaf.
 
@@ -215,10 +235,10 @@ def l2(
 
 
 def elastic_net(
-    x: Any,
+    x: PyTree,
     *,
-    l1_ratio: float | jax.typing.ArrayLike = 0.5,
-    reduction: str = "sum",
+    l1_ratio: ArrayLike = 0.5,
+    reduction: ParamReduction = "sum",
 ) -> jax.Array:
     r"""Elastic-net penalty: a convex mix of :func:`l1` and :func:`l2`.
 

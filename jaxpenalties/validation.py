@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import jax.numpy as jnp
 from jax.experimental import checkify
 
 from jaxpenalties import _utils as u
+
+_Tree = TypeVar("_Tree")  # any pytree; returned unchanged
 
 
 def _escape(text: str) -> str:
@@ -15,7 +17,7 @@ def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def check_finite(tree: Any, name: str = "value") -> Any:
+def check_finite(tree: _Tree, name: str = "value") -> _Tree:
     """Raises if any leaf of ``tree`` holds a NaN or an Inf; returns ``tree``.
 
     The report names ``name``, the leaf's path inside ``tree`` (e.g.
