@@ -153,7 +153,9 @@ class TestComposition:
             p = optax.apply_updates(p, updates)
         distance = jax.tree.map(lambda a, c: np.asarray(a - c), p, pretrained)
         assert_trees_close(
-            distance, jax.tree.map(lambda _: -(0.9**3), params), rtol=1e-5
+            distance,
+            jax.tree.map(lambda x: np.full(x.shape, -(0.9**3)), params),
+            rtol=1e-5,
         )
 
     def test_l2_sp_fights_a_task_gradient(self, params):
