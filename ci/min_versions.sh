@@ -8,4 +8,4 @@ python3 -m venv .venv-min
 python3 ci/floors.py > .venv-min/constraints.txt
 .venv-min/bin/pip install -q -e ".[test]" -c .venv-min/constraints.txt
 .venv-min/bin/python ci/floors.py --check
-.venv-min/bin/python -m pytest -n 2
+.venv-min/bin/python -m pytest -n 2 "$@"
