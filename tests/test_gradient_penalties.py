@@ -270,7 +270,6 @@ def test_output_magnitude_gradients():
 
 
 def test_output_magnitude_no_recompile_and_errors():
-
     y = jnp.ones((2, 3))
     jp.output_magnitude_penalty(y, target=0.5)
     with count_compiles() as compiles:
