@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import compile_with_temp, seconds
 
 import jaxpenalties as jp
 
@@ -39,17 +39,6 @@ def gram_nxn_soft(x):
     return jnp.sum(jnp.square(g)) - jnp.sum(jnp.square(jnp.diagonal(g)))
 
 
-def compile_fn(fn, x):
-    compiled = jax.jit(fn).lower(x).compile()
-    return compiled, compiled.memory_analysis().temp_size_in_bytes
-
-
-def timed(fn, x):
-    start = time.perf_counter()
-    fn(x).block_until_ready()
-    return time.perf_counter() - start
-
-
 def mib(n_bytes):
     return n_bytes / 2**20
 
@@ -61,10 +50,10 @@ def main():
     for n in SIZES:
         x = jnp.asarray(rng.normal(size=(n, D)).astype(np.float32))
         ours = {
-            mode: compile_fn(functools.partial(jp.orthogonality, mode=mode), x)
+            mode: compile_with_temp(functools.partial(jp.orthogonality, mode=mode), x)
             for mode in ("soft", "hard", "spectral")
         }
-        base, base_temp = compile_fn(gram_nxn_soft, x)
+        base, base_temp = compile_with_temp(gram_nxn_soft, x)
         run_base = base_temp <= MAX_RUN_BYTES
         # Warm up, check the values agree, then interleave the timed runs.
         value = float(ours["soft"][0](x))
@@ -77,9 +66,9 @@ def main():
         times = {k: [] for k in ("soft", "hard", "spectral", "nxn")}
         for _ in range(REPEATS):
             for mode, (compiled, _) in ours.items():
-                times[mode] += [timed(compiled, x) for _ in range(OURS_PER_ROUND)]
+                times[mode] += [seconds(compiled, x) for _ in range(OURS_PER_ROUND)]
             if run_base:
-                times["nxn"].append(timed(base, x))
+                times["nxn"].append(seconds(base, x))
         med = {k: statistics.median(v) if v else None for k, v in times.items()}
         rows.append((n, med, ours["soft"][1], base_temp, rel_diff))
 

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 if "--mesh" in sys.argv:  # must precede the JAX import
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _timing import compile_with_temp, interleaved_medians  # noqa: E402
 
 import jaxpenalties as jp  # noqa: E402
 
@@ -74,12 +73,8 @@ def structs(n, v, h=H, shardings=(None,) * 4):
 
 def temp_mib(f, n, v, argnums=(0, 1), shardings=(None,) * 4, value=False):
     transform = jax.value_and_grad if value else jax.grad
-    compiled = (
-        jax.jit(transform(f, argnums=argnums))
-        .lower(*structs(n, v, shardings=shardings))
-        .compile()
-    )
-    return compiled.memory_analysis().temp_size_in_bytes / MIB
+    args = structs(n, v, shardings=shardings)
+    return compile_with_temp(transform(f, argnums=argnums), *args)[1] / MIB
 
 
 VARIANTS = (
@@ -148,20 +143,13 @@ def timing(rounds):
     }
     values = {name: fn(x, w, rx, rw) for name, fn in fns.items()}  # compile + warm
     jax.block_until_ready(values)
-    times = {name: [] for name in fns}
-    for r in range(rounds):
-        order = list(fns) if r % 2 == 0 else list(reversed(fns))
-        for name in order:
-            start = time.perf_counter()
-            jax.block_until_ready(fns[name](x, w, rx, rw))
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["materialised"])
+    medians = interleaved_medians(fns, x, w, rx, rw, rounds=rounds)
+    base = medians["materialised"]
     print(f"## Wall time, value + grad w.r.t. (x, w), {n} positions, H={H}, V={v}")
     print(f"   (medians of {rounds} interleaved rounds)\n")
     print("| contender | median s | vs materialised |")
     print("|---|---:|---:|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         print(f"| {name} | {med:.3f} | {med / base:.2f}× |")
     ref = values["materialised"][0]
     drift = max(abs(float(val[0] - ref)) for val in values.values())

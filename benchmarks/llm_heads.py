@@ -23,24 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from _timing import compile_with_temp, median_seconds
 
 SIZES = {"cpu": (64, 4096, [512, 2048]), "llm": (4096, 128256, [8192, 32768])}
 JAX_CONTENDERS = ["ours_js", "ours_kl", "materialised_js", "matmul"]
 LIGER_CONTENDERS = ["liger_js", "liger_js_f32acc"]
-
-
-def _median_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def run_jax(who, n, h, v, reps):
@@ -72,16 +62,15 @@ def run_jax(who, n, h, v, reps):
         }[who]
         step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
     out = {}
-    compiled = step.lower(x, w, rx, rw).compile()
-    analysis = compiled.memory_analysis()
-    if analysis is not None:
-        out["temp_MiB"] = analysis.temp_size_in_bytes / 2**20
+    compiled, temp_bytes = compile_with_temp(step, x, w, rx, rw)
+    if temp_bytes is not None:
+        out["temp_MiB"] = temp_bytes / 2**20
     stats = jax.devices()[0].memory_stats
     base = stats()["bytes_in_use"] if stats() else 0
     jax.block_until_ready(compiled(x, w, rx, rw))
     if stats():
         out["peak_MiB"] = (stats()["peak_bytes_in_use"] - base) / 2**20
-    out["ms"] = _median_ms(lambda: jax.block_until_ready(compiled(x, w, rx, rw)), reps)
+    out["ms"] = 1e3 * median_seconds(compiled, x, w, rx, rw, reps=reps)
     out["device"] = str(jax.devices()[0])
     return out
 
@@ -113,7 +102,7 @@ def run_liger(who, n, h, v, reps):
     torch.cuda.reset_peak_memory_stats()
     step()
     out = {"peak_MiB": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    out["ms"] = _median_ms(step, reps)
+    out["ms"] = 1e3 * median_seconds(step, reps=reps)
     out["device"] = torch.cuda.get_device_name()
     return out
 

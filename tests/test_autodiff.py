@@ -16,23 +16,18 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
+from tests import helpers
 
 H, HR, V = 4, 3, 9
 
 
 def heads(positions, seed=0):
-    rng = np.random.default_rng(seed)
-    return (
-        jnp.asarray(rng.normal(size=positions + (H,)), jnp.float32),
-        jnp.asarray(rng.normal(size=(H, V)), jnp.float32),
-        jnp.asarray(rng.normal(size=positions + (HR,)), jnp.float32),
-        jnp.asarray(rng.normal(size=(HR, V)), jnp.float32),
-    )
+    return helpers.random_heads(positions, H, HR, V, seed=seed)
 
 
 def materialised(kind, x, w, rx, rw, **kw):
     plain = jp.kl_divergence if kind == "kl" else jp.js_divergence
-    return plain(jax.nn.log_softmax(x @ w), jax.nn.log_softmax(rx @ rw), **kw)
+    return helpers.materialised(plain, x, w, rx, rw, **kw)
 
 
 def fused(kind, x, w, rx, rw, **kw):
@@ -46,7 +41,7 @@ def scalar(fn, kind, reduction):
     def f(x, w, rx, rw):
         out = fn(kind, x, w, rx, rw, reduction=reduction)
         if reduction == "none":
-            out = jnp.sum(out * jnp.arange(1, out.size + 1).reshape(out.shape))
+            out = helpers.position_weighted_sum(out)
         return out
 
     return f

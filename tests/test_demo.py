@@ -8,7 +8,7 @@ import pytest
 
 import jaxpenalties as jp
 from jaxpenalties import demo
-from tests.compile_counter import count_compiles
+from tests.helpers import count_compiles
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

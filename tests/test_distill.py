@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
-from tests.compile_counter import count_compiles
+from tests.helpers import count_compiles, random_heads
 
 V = 11
 
 
 def heads(seed=0, dtype=jnp.float64):
-    rng = np.random.default_rng(seed)
-    return (
-        jnp.asarray(rng.normal(size=(2, 7, 4)), dtype),
-        jnp.asarray(rng.normal(size=(4, V)), dtype),
-        jnp.asarray(rng.normal(size=(2, 7, 3)), dtype),
-        jnp.asarray(rng.normal(size=(3, V)), dtype),
-    )
+    return random_heads((2, 7), 4, 3, V, seed=seed, dtype=dtype)
 
 
 LABELS = jnp.asarray(np.random.default_rng(1).integers(0, V, size=(2, 7)))

@@ -15,27 +15,22 @@ import pytest
 import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax.test_util import check_grads
 
 import jaxpenalties as jp
 from jaxpenalties._chunking import plan as _plan
+from tests.helpers import (
+    assert_grads_match_finite_differences,
+    materialised,
+    position_weighted_sum,
+    random_heads,
+)
 
 H, HR, V = 16, 12, 96
 
 
 def heads(positions, seed=0, dtype=jnp.float32, h=H, hr=HR, v=V):
     """Random hidden states and kernels; logits have a standard deviation ~2."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=positions + (h,))
-    w = rng.normal(size=(h, v)) * 2 / np.sqrt(h)
-    rx = rng.normal(size=positions + (hr,))
-    rw = rng.normal(size=(hr, v)) * 2 / np.sqrt(hr)
-    return tuple(jnp.asarray(a, dtype) for a in (x, w, rx, rw))
-
-
-def materialised(fn, x, w, rx, rw, **kwargs):
-    """The plain divergence ``fn`` on fully materialised log-softmax logits."""
-    return fn(jax.nn.log_softmax(x @ w), jax.nn.log_softmax(rx @ rw), **kwargs)
+    return random_heads(positions, h, hr, v, seed=seed, dtype=dtype, logit_std=2.0)
 
 
 def value_and_grads(f, args, reduction):
@@ -50,8 +45,7 @@ def all_reductions(f, args, reductions=("mean", "sum", "none")):
     def scalar(*a, reduction):
         out = f(*a, reduction=reduction)
         if reduction == "none":
-            weights = jnp.arange(1, out.size + 1, dtype=out.dtype).reshape(out.shape)
-            return jnp.sum(weights * out), out
+            return position_weighted_sum(out), out
         return out, out
 
     def run(*a):
@@ -284,7 +278,7 @@ def test_gradients_match_finite_differences_in_float64():
             functools.partial(jp.fused_linear_js_divergence, beta=0.3, chunk_size=2),
         ):
             assert fn(*args).dtype == jnp.float64
-            check_grads(fn, args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+            assert_grads_match_finite_differences(fn, args, 1e-6)
 
 
 @settings(max_examples=25, deadline=None)

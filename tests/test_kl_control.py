@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
-from tests.compile_counter import count_compiles
+from tests.helpers import count_compiles
 
 
 def reference_adaptive(coef, target, horizon, kls, n_steps):

@@ -7,8 +7,11 @@ bfloat16 / float16 inputs (float64 under x64), gradients in the input dtype, and
 no recompilation on a second call with new values.
 """
 
-import functools
 import inspect
+import pathlib
+import re
+import tomllib
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
-from tests.compile_counter import count_compiles
+from tests.helpers import count_compiles
 
 
 def _logprobs(key, shape, dtype):
@@ -78,124 +81,106 @@ def _critic(x):
     return jnp.sum(jnp.tanh(x) ** 2, axis=-1)
 
 
-# name -> (function of the arrays returning a scalar, inputs(key, dtype))
-REGISTRY = {
-    "kl_divergence": (jp.kl_divergence, _divergence_inputs),
-    "kl_divergence_reverse": (
-        functools.partial(jp.kl_divergence, direction="reverse"),
-        _divergence_inputs,
-    ),
-    "kl_divergence_symmetric_T2": (
-        functools.partial(jp.kl_divergence, symmetric=True, temperature=2.0),
-        _divergence_inputs,
-    ),
-    "js_divergence": (
-        functools.partial(jp.js_divergence, beta=0.3),
-        _divergence_inputs,
-    ),
-    "entropy": (
-        lambda p: jp.entropy(p, normalize=True),
-        lambda k, d: _divergence_inputs(k, d)[:1],
-    ),
-    "kl_estimate_k3": (jp.kl_estimate, _sampled_inputs),
-    "kl_estimate_k1_sum": (
-        functools.partial(jp.kl_estimate, estimator="k1", reduction="sum"),
-        _sampled_inputs,
-    ),
-    "kl_penalized_rewards": (
-        lambda r, lp, ref: jnp.sum(jp.kl_penalized_rewards(r, lp, ref, 0.1)),
-        lambda k, d: (_matrix(k, d, (3, 5)),) + _sampled_inputs(k, d),
-    ),
-    "aggregate_seq_mean_token_mean": (
-        lambda v: jp.aggregate(v, mode="seq-mean-token-mean"),
-        lambda k, d: (_matrix(k, d, (3, 5)),),
-    ),
-    "l1": (jp.l1, lambda k, d: (_matrix(k, d),)),
-    "l2": (jp.l2, lambda k, d: (_matrix(k, d),)),
-    "l2_center_mean_clip": (
-        functools.partial(jp.l2, center="mean", clip=1.0, reduction="mean"),
-        lambda k, d: (_matrix(k, d),),
-    ),
-    "l2_sp": (lambda x, c: jp.l2(x, center=c), _pair),
-    "elastic_net": (jp.elastic_net, lambda k, d: (_matrix(k, d),)),
-    "orthogonality_soft": (jp.orthogonality, lambda k, d: (_matrix(k, d),)),
-    "orthogonality_hard": (
-        functools.partial(jp.orthogonality, mode="hard"),
-        lambda k, d: (_matrix(k, d, (9, 4)),),
-    ),
-    "orthogonality_spectral": (
-        functools.partial(jp.orthogonality, mode="spectral"),
-        lambda k, d: (_matrix(k, d, (3, 5)),),
-    ),
-    "orthogonality_3d_sequence": (
-        functools.partial(jp.orthogonality, axis="sequence"),
-        lambda k, d: (_matrix(k, d, (2, 3, 4)),),
-    ),
-    "consistency_mse": (jp.consistency, _pair),
-    "consistency_l1": (functools.partial(jp.consistency, metric="l1"), _pair),
-    "consistency_cosine": (
-        functools.partial(jp.consistency, metric="cosine"),
-        _pair,
-    ),
-    "consistency_kl": (
-        functools.partial(jp.consistency, metric="kl"),
-        _divergence_inputs,
-    ),
-    "gradient_penalty": (
-        lambda x: jp.gradient_penalty(_critic, x),
-        lambda k, d: (_matrix(k, d),),
-    ),
-    "interpolated_gradient_penalty": (
-        lambda real, fake: jp.interpolated_gradient_penalty(
-            _critic, real, fake, key=jax.random.key(0)
+# Functions of the same inputs, by their inputs(key, dtype): name -> function of
+# the arrays returning a scalar.
+_BY_INPUTS = {
+    _divergence_inputs: {
+        "kl_divergence": jp.kl_divergence,
+        "kl_divergence_reverse": partial(jp.kl_divergence, direction="reverse"),
+        "kl_divergence_symmetric_T2": partial(
+            jp.kl_divergence, symmetric=True, temperature=2.0
         ),
-        _pair,
-    ),
-    "output_magnitude_penalty": (
-        jp.output_magnitude_penalty,
-        lambda k, d: (_matrix(k, d),),
-    ),
-    "fused_linear_kl_divergence": (
-        functools.partial(jp.fused_linear_kl_divergence, chunk_size=4),
-        _fused_inputs,
-    ),
-    "fused_linear_kl_divergence_symmetric": (
-        functools.partial(jp.fused_linear_kl_divergence, symmetric=True, chunk_size=4),
-        _fused_inputs,
-    ),
-    "fused_linear_js_divergence": (
-        functools.partial(jp.fused_linear_js_divergence, chunk_size=4),
-        _fused_inputs,
-    ),
-    "fused_linear_js_divergence_labels": (
-        lambda x, w, rx, rw: jp.fused_linear_js_divergence(
-            x, w, rx, rw, labels=_TOKENS, label_smoothing=0.1, chunk_size=4
-        )[0],
-        _fused_inputs,
-    ),
-    "sparse_kl_divergence": (
-        lambda s, t: jp.sparse_kl_divergence(s, _TOP3, t),
-        _sparse_inputs,
-    ),
-    "sparse_js_divergence_bucket": (
-        lambda s, t: jp.sparse_js_divergence(s, _TOP3, t, tail="bucket", beta=0.3),
-        _sparse_inputs,
-    ),
-    "fused_linear_sparse_kl_divergence_bucket": (
-        lambda x, w, t: jp.fused_linear_sparse_kl_divergence(
-            x, w, _IDX, t, tail="bucket", chunk_size=4
+        "js_divergence": partial(jp.js_divergence, beta=0.3),
+        "consistency_kl": partial(jp.consistency, metric="kl"),
+    },
+    _sampled_inputs: {
+        "kl_estimate_k3": jp.kl_estimate,
+        "kl_estimate_k1_sum": partial(jp.kl_estimate, estimator="k1", reduction="sum"),
+    },
+    lambda k, d: (_matrix(k, d),): {
+        "l1": jp.l1,
+        "l2": jp.l2,
+        "l2_center_mean_clip": partial(
+            jp.l2, center="mean", clip=1.0, reduction="mean"
         ),
-        _fused_sparse_inputs,
-    ),
-    "fused_linear_token_logprobs_entropy": (
-        lambda x, w: sum(
+        "elastic_net": jp.elastic_net,
+        "orthogonality_soft": jp.orthogonality,
+        "gradient_penalty": lambda x: jp.gradient_penalty(_critic, x),
+        "output_magnitude_penalty": jp.output_magnitude_penalty,
+    },
+    _pair: {
+        "l2_sp": lambda x, c: jp.l2(x, center=c),
+        "consistency_mse": jp.consistency,
+        "consistency_l1": partial(jp.consistency, metric="l1"),
+        "consistency_cosine": partial(jp.consistency, metric="cosine"),
+        "interpolated_gradient_penalty": lambda real, fake: (
+            jp.interpolated_gradient_penalty(_critic, real, fake, key=jax.random.key(0))
+        ),
+    },
+    _fused_inputs: {
+        "fused_linear_kl_divergence": partial(
+            jp.fused_linear_kl_divergence, chunk_size=4
+        ),
+        "fused_linear_kl_divergence_symmetric": partial(
+            jp.fused_linear_kl_divergence, symmetric=True, chunk_size=4
+        ),
+        "fused_linear_js_divergence": partial(
+            jp.fused_linear_js_divergence, chunk_size=4
+        ),
+        "fused_linear_js_divergence_labels": lambda x, w, rx, rw: (
+            jp.fused_linear_js_divergence(
+                x, w, rx, rw, labels=_TOKENS, label_smoothing=0.1, chunk_size=4
+            )[0]
+        ),
+    },
+    _sparse_inputs: {
+        "sparse_kl_divergence": lambda s, t: jp.sparse_kl_divergence(s, _TOP3, t),
+        "sparse_js_divergence_bucket": lambda s, t: jp.sparse_js_divergence(
+            s, _TOP3, t, tail="bucket", beta=0.3
+        ),
+    },
+    _fused_sparse_inputs: {
+        "fused_linear_sparse_kl_divergence_bucket": lambda x, w, t: (
+            jp.fused_linear_sparse_kl_divergence(
+                x, w, _IDX, t, tail="bucket", chunk_size=4
+            )
+        ),
+    },
+    lambda k, d: _divergence_inputs(k, d)[:1]: {
+        "entropy": lambda p: jp.entropy(p, normalize=True),
+    },
+    lambda k, d: (_matrix(k, d, (3, 5)),): {
+        "aggregate_seq_mean_token_mean": lambda v: jp.aggregate(
+            v, mode="seq-mean-token-mean"
+        ),
+        "orthogonality_spectral": partial(jp.orthogonality, mode="spectral"),
+    },
+    lambda k, d: (_matrix(k, d, (9, 4)),): {
+        "orthogonality_hard": partial(jp.orthogonality, mode="hard"),
+    },
+    lambda k, d: (_matrix(k, d, (2, 3, 4)),): {
+        "orthogonality_3d_sequence": partial(jp.orthogonality, axis="sequence"),
+    },
+    lambda k, d: (_matrix(k, d, (3, 5)),) + _sampled_inputs(k, d): {
+        "kl_penalized_rewards": lambda r, lp, ref: jnp.sum(
+            jp.kl_penalized_rewards(r, lp, ref, 0.1)
+        ),
+    },
+    lambda k, d: _fused_inputs(k, d)[:2]: {
+        "fused_linear_token_logprobs_entropy": lambda x, w: sum(
             jnp.sum(v)
             for v in jp.fused_linear_token_logprobs(
                 x, w, _TOKENS, entropy=True, chunk_size=4
             )
         ),
-        lambda k, d: _fused_inputs(k, d)[:2],
-    ),
+    },
+}
+
+# name -> (function of the arrays returning a scalar, inputs(key, dtype))
+REGISTRY = {
+    name: (fn, inputs)
+    for inputs, functions in _BY_INPUTS.items()
+    for name, fn in functions.items()
 }
 
 NAMES = sorted(REGISTRY)
@@ -302,5 +287,28 @@ def test_exported_states_belong_to_a_transformation():
         assert int(made[name].count) == 0, name
 
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
 def test_version_is_defined_once():
-    assert isinstance(jp.__version__, str) and jp.__version__
+    # A release version ...
+    assert re.fullmatch(r"\d+\.\d+\.\d+", jp.__version__), jp.__version__
+    # ... that the package metadata reads from jaxpenalties.__version__ ...
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "jaxpenalties.__version__"}
+    # ... written in one place in the package ...
+    sources = sorted((ROOT / "jaxpenalties").glob("*.py"))
+    assignments = [
+        (path.name, line)
+        for path in sources
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*__version__\s*=", line)
+    ]
+    assert assignments == [("__init__.py", f'__version__ = "{jp.__version__}"')]
+    # ... and the latest released CHANGELOG section.
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)
+    assert released and released[0] == jp.__version__, released

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
-from tests.compile_counter import count_compiles
+from tests.helpers import count_compiles
 
 # ---------------------------------------------------------------------------
 # A tiny classifier shared by the tests: x [B, D] -> hidden [B, H] -> logprobs.

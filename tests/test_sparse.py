@@ -15,11 +15,17 @@ import pytest
 import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax.test_util import check_grads
 
 import jaxpenalties as jp
 from jaxpenalties.sparse import sparse_js_divergence, sparse_kl_divergence
-from tests.compile_counter import count_compiles
+from tests.helpers import (
+    assert_grads_match_finite_differences,
+    count_compiles,
+    log_softmax32,
+    np_log,
+    ref_js,
+    ref_kl,
+)
 
 LOG2 = np.log(2.0)
 POS, V, K = (3, 4), 24, 6  # the main shape: few shapes, few compiles
@@ -36,11 +42,6 @@ TAILS = ("renormalize", "bucket")
 # For the slower tests (each mode compiles its own value and gradient).
 SOME = ("forward", "reverse", "js_0.3")
 FEW = ("forward", "js_0.3")
-
-
-def np_log(p):
-    with np.errstate(divide="ignore"):
-        return np.log(p)
 
 
 def make_case(rng, pos=POS, vocab=V, k=K, shuffle=True, teacher_zeros=0):
@@ -74,10 +75,6 @@ def ref_dists(student, idx, lq, tail, temperature=1.0):
     return np.concatenate([p, p_tail], -1), np.concatenate([q, q_tail], -1)
 
 
-def ref_kl(p, q):
-    return scipy.special.rel_entr(p, q).sum(-1)
-
-
 def ref_value(mode, p, q):
     if mode == "forward":
         return ref_kl(p, q)
@@ -85,9 +82,7 @@ def ref_value(mode, p, q):
         return ref_kl(q, p)
     if mode == "symmetric":
         return 0.5 * (ref_kl(p, q) + ref_kl(q, p))
-    beta = 0.3 if mode == "js_0.3" else 0.5
-    m = beta * p + (1 - beta) * q
-    return beta * ref_kl(p, m) + (1 - beta) * ref_kl(q, m)
+    return ref_js(p, q, beta=0.3 if mode == "js_0.3" else 0.5)
 
 
 def run(mode, student, idx, lq, **kw):
@@ -265,14 +260,8 @@ def test_neg_inf_teacher_entries(tail):
             fn = functools.partial(run, mode, idx=idx, tail=tail)
             g = jax.grad(lambda a, b, fn=fn: fn(a, lq=b), (0, 1))(student, lq)
             assert all(np.isfinite(gi).all() for gi in g)
-            check_grads(
-                lambda a, b, fn=fn: fn(a, lq=b),
-                (student, lq),
-                order=1,
-                modes=["rev"],
-                atol=1e-6,
-                rtol=1e-6,
-                eps=1e-6,
+            assert_grads_match_finite_differences(
+                lambda a, b, fn=fn: fn(a, lq=b), (student, lq), 1e-6, eps=1e-6
             )
 
 
@@ -345,15 +334,9 @@ def test_gradients_match_finite_differences(tail):
     with jax.enable_x64(True):
         for mode in MODES:
             fn = functools.partial(run, mode, idx=idx, tail=tail)
-            check_grads(
-                lambda a, b, fn=fn: fn(a, lq=b),
-                (student, lq),
-                order=1,
-                modes=["rev"],
-                atol=1e-6,
-                rtol=1e-6,
-                eps=1e-6,  # a small teacher tail is strongly curved: O(eps²)
-            )
+            assert_grads_match_finite_differences(
+                lambda a, b, fn=fn: fn(a, lq=b), (student, lq), 1e-6, eps=1e-6
+            )  # a small teacher tail is strongly curved: O(eps²)
 
 
 def test_temperature_gradient_matches_finite_differences():
@@ -361,13 +344,10 @@ def test_temperature_gradient_matches_finite_differences():
     with jax.enable_x64(True):
         for mode in FEW:
             fn = functools.partial(run, mode, idx=idx)
-            check_grads(
+            assert_grads_match_finite_differences(
                 lambda a, b, t, fn=fn: fn(a, lq=b, temperature=t),
                 (student, lq, jnp.float64(1.6)),
-                order=1,
-                modes=["rev"],
-                atol=1e-6,
-                rtol=1e-6,
+                1e-6,
             )
 
 
@@ -574,14 +554,10 @@ LOGITS = hnp.arrays(
 PROPS = settings(max_examples=30, deadline=None)
 
 
-def _lsm(x):
-    return np.asarray(jax.nn.log_softmax(jnp.asarray(x, jnp.float32)))
-
-
 @PROPS
 @given(LOGITS, LOGITS, st.randoms(use_true_random=False))
 def test_properties(x, y, rnd):
-    student, dense_teacher = _lsm(x), _lsm(y)
+    student, dense_teacher = log_softmax32(x), log_softmax32(y)
     idx = np.array([rnd.sample(range(HV), HK) for _ in range(3)])
     lq = np.take_along_axis(dense_teacher, idx, -1)
     for tail in TAILS:
