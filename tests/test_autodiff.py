@@ -46,7 +46,9 @@ def scalar(fn, kind, reduction):
     def f(x, w, rx, rw):
         out = fn(kind, x, w, rx, rw, reduction=reduction)
         if reduction == "none":
-            out = jnp.sum(out * jnp.arange(1, out.size + 1).reshape(out.shape))
+            out = jnp.sum(
+                out * jnp.arange(1, out.size + 1, dtype=out.dtype).reshape(out.shape)
+            )
         return out
 
     return f

@@ -42,7 +42,7 @@ def test_matches_the_dense_student_in_float64(kind, kw):
     dense = {"kl": jp.sparse_kl_divergence, "js": jp.sparse_js_divergence}[kind]
 
     def scalar(v):
-        return jnp.sum(v * jnp.arange(1, v.size + 1).reshape(v.shape))
+        return jnp.sum(v * jnp.arange(1, v.size + 1, dtype=v.dtype).reshape(v.shape))
 
     def f(x, w, t):
         return scalar(fused(x, w, idx, t, where=WHERE, chunk_size=3, **kw))

@@ -106,7 +106,7 @@ def hand_written(params, batch, pretrained, step):
     del q
     ent_rows = -jnp.sum(p * logprobs, -1)
     m = batch["mask"]
-    ent = jnp.sum(jnp.where(m, ent_rows, 0.0)) / jnp.sum(m)
+    ent = jnp.sum(jnp.where(m, ent_rows, 0.0)) / jnp.sum(m, dtype=ent_rows.dtype)
     l2sp = sum(jnp.sum((params[k] - pretrained[k]) ** 2) for k in sorted(params))
     activity = 2.0 * jnp.mean(hidden**2)
     w_act = step / 10.0
