@@ -367,7 +367,10 @@ class TestWeights:
             (total, aux), grads = jax.value_and_grad(f, has_aux=True)(
                 params, batch, step=step, weights=weights
             )
-            updates, opt_state = opt.update(grads, opt_state, params)
+            # optax.adam computes `decay ** count` (a Python float to an int32
+            # power), which strict promotion rejects: standard for optax only.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, aux
 
         opt_state = opt.init(params)
@@ -463,7 +466,8 @@ def test_kl_to_base_keeps_finetuned_model_close():
             def step(carry, _):
                 params, opt_state = carry
                 grads, _ = jax.grad(f, has_aux=True)(params, batch, weights=weights)
-                updates, opt_state = opt.update(grads, opt_state, params)
+                with jax.numpy_dtype_promotion("standard"):  # optax.adam's decay**count
+                    updates, opt_state = opt.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), None
 
             carry = (params, opt.init(params))
