@@ -10,17 +10,20 @@ passed on as it is.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array
 
 DIRECTIONS = ("forward", "reverse")
 ENTROPY_MODES = ("bonus", "penalty")
 TAILS = ("renormalize", "bucket")
+
+_IntArray = TypeVar("_IntArray", jax.Array, np.ndarray)
 
 
 def check_temperature(temperature: Any) -> Any:
@@ -53,7 +56,7 @@ def check_beta(beta: Any) -> float:
     u.check_static("beta", beta)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise ValueError(f"Expected `beta` to be a Python float, got {beta!r}.")
-    if not 0.0 < beta < 1.0:
+    if not 0.0 < float(beta) < 1.0:
         raise ValueError(
             f"Expected `beta` to be in the open interval (0, 1), got {beta!r}. "
             "At the ends JS_beta is identically 0; use `kl_divergence` for those "
@@ -72,7 +75,7 @@ def check_kl_direction(direction: Any, symmetric: Any) -> tuple[str, bool]:
     return "forward", direction == "reverse"
 
 
-def check_linear_head(x: Any, w: Any, chunk_size: Any):
+def check_linear_head(x: Any, w: Any, chunk_size: Any) -> tuple[Array, Array]:
     """Validates hidden states ``x`` [..., H], a kernel ``w`` [H, V] and the
     chunk size of a chunked linear head; returns ``x`` and ``w`` as arrays."""
     x = u.check_floating("x", x)
@@ -92,7 +95,7 @@ def check_chunk_size(chunk_size: Any) -> None:
         u.check_int("chunk_size", chunk_size, minimum=1)
 
 
-def check_integer(name: str, a: Any) -> Any:
+def check_integer(name: str, a: _IntArray) -> _IntArray:
     """Returns the array ``a``, raising ``TypeError`` unless its dtype is an
     integer one."""
     if not jnp.issubdtype(a.dtype, jnp.integer):
@@ -102,7 +105,9 @@ def check_integer(name: str, a: Any) -> Any:
     return a
 
 
-def check_pair(p: Any, q: Any, axis: Any, names=("p_logprobs", "q_logprobs")):
+def check_pair(
+    p: Any, q: Any, axis: Any, names: tuple[str, str] = ("p_logprobs", "q_logprobs")
+) -> tuple[Array, Array, int]:
     """Validates a pair of log-prob arrays; returns them and the positive axis."""
     p = u.check_floating(names[0], p)
     q = u.check_floating(names[1], q)
@@ -131,7 +136,11 @@ def check_ids(
         )
 
 
-def check_heads(x, w, ref_x, ref_w, chunk_size):
+def check_heads(
+    x: Any, w: Any, ref_x: Any, ref_w: Any, chunk_size: Any
+) -> tuple[Array, Array, Array, Array]:
+    """Validates the hidden states [..., H] and kernels [H, V] of both heads
+    of a fused divergence and the chunk size; returns the four arrays."""
     x = u.check_floating("x", x)
     w = u.check_floating("w", w)
     ref_x = u.check_floating("ref_x", ref_x)
@@ -163,7 +172,9 @@ def check_heads(x, w, ref_x, ref_w, chunk_size):
     return x, w, ref_x, ref_w
 
 
-def check_hard(hard, x, w, reduction) -> dict:
+def check_hard(
+    hard: tuple[Any, Any, Any, Any, Any], x: Array, w: Array, reduction: str
+) -> dict[str, Any]:
     """Validates the hard-label options of the fused divergences, ``hard =
     (labels, ignore_index, soft_weight, hard_weight, label_smoothing)``; returns
     them by name, or {} when ``labels`` is None."""
@@ -203,7 +214,15 @@ def check_hard(hard, x, w, reduction) -> dict:
     }
 
 
-def check_teacher(student_shape, indices, teacher, tail, temperature, reduction, where):
+def check_teacher(
+    student_shape: tuple[int, ...],
+    indices: Any,
+    teacher: Any,
+    tail: Any,
+    temperature: Any,
+    reduction: Any,
+    where: Any,
+) -> tuple[Array, Array, Any, Array | None]:
     """Validates a top-k teacher against a student of ``student_shape`` [..., V]
     (also for the fused student, whose log-probs never exist as an array)."""
     u.check_option("tail", tail, TAILS)
@@ -238,7 +257,7 @@ def check_teacher(student_shape, indices, teacher, tail, temperature, reduction,
     return jnp.asarray(indices), teacher, t, mask
 
 
-def _check_concrete_indices(indices, vocab, mask):
+def _check_concrete_indices(indices: Any, vocab: int, mask: Array | None) -> None:
     """Range and distinctness of concrete indices, where a concrete mask keeps."""
     if isinstance(indices, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
         return

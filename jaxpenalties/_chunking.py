@@ -13,14 +13,23 @@ per chunk).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxpenalties._types import Array
 
-def dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
+
+def dot(
+    a: Array,
+    b: Array,
+    contract_a: int,
+    contract_b: int,
+    dtype: Any,
+    like: Array | None = None,
+) -> Array:
     """``a`` · ``b`` contracting one axis each, accumulated in ``dtype``.
 
     ``like``: an array whose sharding the result takes (needed under explicit
@@ -33,7 +42,7 @@ def dot(a, b, contract_a: int, contract_b: int, dtype, like=None):
     )
 
 
-def chunk(a, k):
+def chunk(a: Array, k: Array) -> Array:
     """Chunk ``k`` of an array laid out as [C, n_chunks, ...]."""
     return lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
 
@@ -45,14 +54,14 @@ def chunk(a, k):
 # once, after the loop.
 
 
-def row_groups(chunked) -> int:
+def row_groups(chunked: Array) -> int:
     """Explicit shard count of the rows of a [C, n_chunks, H] array (1 when
     unsharded, automatically sharded, or not dividing C)."""
     _, shards = position_sharding(chunked)
     return shards if shards > 1 and chunked.shape[0] % shards == 0 else 1
 
 
-def kernel_grad_zeros(chunked, kernel, groups: int, dtype):
+def kernel_grad_zeros(chunked: Array, kernel: Array, groups: int, dtype: Any) -> Array:
     if groups == 1:
         return jnp.zeros_like(kernel, dtype=dtype)
     rows = jax.typeof(chunked).sharding
@@ -63,7 +72,7 @@ def kernel_grad_zeros(chunked, kernel, groups: int, dtype):
     return jnp.zeros((groups,) + kernel.shape, dtype, out_sharding=sharding)
 
 
-def kernel_grad(rows, d, groups: int, dtype, like):
+def kernel_grad(rows: Array, d: Array, groups: int, dtype: Any, like: Array) -> Array:
     """rowsᵀ · d [H, V], or its per-row-shard partial sums [groups, H, V]."""
     if groups == 1:
         return dot(rows, d, 0, 0, dtype, like=like)
@@ -74,11 +83,11 @@ def kernel_grad(rows, d, groups: int, dtype, like):
     return lax.dot_general(rows, d, dims, preferred_element_type=dtype)
 
 
-def sum_groups(acc, groups: int):
+def sum_groups(acc: Array | None, groups: int) -> Array | None:
     return acc if acc is None or groups == 1 else jnp.sum(acc, axis=0)
 
 
-def position_sharding(x) -> tuple[list[int], int]:
+def position_sharding(x: Array) -> tuple[list[int], int]:
     """The position axes of ``x`` that are explicitly sharded, and into how many
     shards in all (([], 1) when unsharded or under automatic sharding, where
     the sharding is XLA's to choose and unknown at trace time)."""
@@ -138,7 +147,7 @@ _KERNEL_FRACTION = 8
 _MIN_CHUNK_ELEMENTS = 2**22
 
 
-def default_chunk_size(w) -> int:
+def default_chunk_size(w: Array) -> int:
     """Rows per chunk for ``chunk_size=None``, from the kernel [H, V].
 
     One chunk's float32 logits [C, V] take an eighth of the kernel's own memory
@@ -152,7 +161,7 @@ def default_chunk_size(w) -> int:
     return max(1, by_kernel, _MIN_CHUNK_ELEMENTS // max(vocab, 1))
 
 
-def to_chunks(a, n: int, n_chunks: int, c: int):
+def to_chunks(a: Array, n: int, n_chunks: int, c: int) -> Array:
     """[n, ...] -> [C, n_chunks, ...] with zero padding: chunk k holds rows
     k, k + n_chunks, ... (strided, so a sharded row axis stays sharded)."""
     a = jnp.pad(a, [(0, n_chunks * c - n)] + [(0, 0)] * (a.ndim - 1))
@@ -168,18 +177,18 @@ class Layout(NamedTuple):
     n_chunks: int
     c: int  # rows per chunk
 
-    def flatten(self, a):
+    def flatten(self, a: Array) -> Array:
         """[*positions, ...] -> [n, ...] rows in ``order``."""
         k = len(self.positions)
         if self.order != sorted(self.order):
             a = jnp.transpose(a, self.order + list(range(k, a.ndim)))
         return a.reshape((self.n,) + a.shape[k:])
 
-    def chunked(self, a):
+    def chunked(self, a: Array) -> Array:
         """[*positions, ...] -> [C, n_chunks, ...] (zero padded)."""
         return to_chunks(self.flatten(a), self.n, self.n_chunks, self.c)
 
-    def unchunked(self, values):
+    def unchunked(self, values: Array) -> Array:
         """Per-position values [n_chunks, C] -> [*positions]."""
         values = values.T.reshape(self.n_chunks * self.c)[: self.n]
         values = values.reshape(tuple(self.positions[i] for i in self.order))
@@ -187,7 +196,7 @@ class Layout(NamedTuple):
         return jnp.transpose(values, back)
 
 
-def layout(x, w, chunk_size: int | None) -> Layout:
+def layout(x: Array, w: Array, chunk_size: int | None) -> Layout:
     """The chunk layout for hidden states ``x`` [..., H] and kernel ``w``."""
     positions = tuple(x.shape[:-1])
     sharded_axes, shards = position_sharding(x)

@@ -9,6 +9,7 @@ setting and a held-out evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 import jaxpenalties as jp
+from jaxpenalties._types import Batch, Outputs, Params
 
 OLD_CLASSES = (0, 1, 2, 3, 4)
 NUM_CLASSES = 10
@@ -30,7 +32,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_imports():
+def demo_imports() -> tuple[Any, Any, Any, Any]:
     """Imports the demo extra's packages with a helpful error when missing."""
     try:
         import flax.linen as nn
@@ -76,13 +78,14 @@ def load_data(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def make_model(hidden: int = 128):
+def make_model(hidden: int = 128) -> Any:
     """A flax.linen MLP: 64 → hidden → hidden → 10 logits."""
     nn, _, _, _ = demo_imports()
+    module: Any = nn.Module  # imported at run time: the demo extra is optional
 
-    class MLP(nn.Module):
+    class MLP(module):
         @nn.compact
-        def __call__(self, x):
+        def __call__(self, x: jax.Array) -> jax.Array:
             x = nn.relu(nn.Dense(hidden)(x))
             x = nn.relu(nn.Dense(hidden)(x))
             return nn.Dense(NUM_CLASSES)(x)
@@ -90,10 +93,12 @@ def make_model(hidden: int = 128):
     return MLP()
 
 
-def make_loss_fn(model):
+def make_loss_fn(
+    model: Any,
+) -> Callable[[Params, Batch], tuple[jax.Array, dict[str, jax.Array]]]:
     """``loss_fn(params, batch) -> (cross-entropy, outputs)``, the regularize form."""
 
-    def loss_fn(params, batch):
+    def loss_fn(params: Params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         logits = model.apply(params, batch["x"])
         logprobs = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logprobs, batch["y"][:, None], axis=-1)
@@ -102,7 +107,7 @@ def make_loss_fn(model):
     return loss_fn
 
 
-def make_penalties(base_params) -> list:
+def make_penalties(base_params: Params) -> list[jp.Penalty]:
     """The two penalties of the demo, with their "on" weights.
 
     ``"base_logprobs"`` is not an output of the model: ``jp.regularize`` looks it
@@ -133,17 +138,21 @@ def make_penalties(base_params) -> list:
     ]
 
 
-def loss_fn_with_aux(loss_fn):
+def loss_fn_with_aux(
+    loss_fn: Callable[[Params, Batch], tuple[jax.Array, Outputs]],
+) -> Callable[[Params, Batch], tuple[jax.Array, dict[str, Any]]]:
     """Adapts ``loss_fn`` to the ``(total, aux)`` form of a regularized objective."""
 
-    def objective(params, batch):
+    def objective(params: Params, batch: Batch) -> tuple[jax.Array, dict[str, Any]]:
         loss, outputs = loss_fn(params, batch)
         return loss, {"loss": loss, "outputs": outputs}
 
     return objective
 
 
-def make_train_step(objective, optimizer):
+def make_train_step(
+    objective: Callable[..., tuple[jax.Array, dict[str, Any]]], optimizer: Any
+) -> Callable[..., tuple[Params, Any, dict[str, Any]]]:
     """A jitted step for ``objective(params, batch, **kw) -> (total, aux)``.
 
     ``kw`` (e.g. ``weights=``) is traced, so changing it does not recompile.
@@ -152,7 +161,9 @@ def make_train_step(objective, optimizer):
     """
 
     @jax.jit
-    def train_step(params, opt_state, batch, kw):
+    def train_step(
+        params: Params, opt_state: Any, batch: Batch, kw: dict[str, Any]
+    ) -> tuple[Params, Any, dict[str, Any]]:
         grad_fn = jax.value_and_grad(objective, has_aux=True)
         (total, aux), grads = grad_fn(params, batch, **kw)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -163,7 +174,9 @@ def make_train_step(objective, optimizer):
     return train_step
 
 
-def make_evaluate(model, base_params, data):
+def make_evaluate(
+    model: Any, base_params: Params, data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> Callable[[Params], dict[str, jax.Array]]:
     """``evaluate(params) -> {"old_acc", "new_acc", "kl_to_base"}`` (jitted).
 
     Accuracies are 10-way argmax accuracies on the held-out old and new digits;
@@ -174,7 +187,7 @@ def make_evaluate(model, base_params, data):
     base_logprobs_old = jax.nn.log_softmax(model.apply(base_params, x_old))
 
     @jax.jit
-    def evaluate(params):
+    def evaluate(params: Params) -> dict[str, jax.Array]:
         logits_old = model.apply(params, x_old)
         logits_new = model.apply(params, x_new)
         return {

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties import _chunking, _kernels
+from jaxpenalties._types import Array
 
 # ----------------------------------------------------------------------------
 # Per-chunk math
@@ -65,7 +66,9 @@ class Config(NamedTuple):
     smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
 
 
-def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
+def _chunk_values(
+    kind: str, has_t: bool, z: Array, rz: Array, t: Array, beta: Array
+) -> Array:
     """Per-position divergence [C] from the logits [C, V] of both heads (the
     kernel normalises them, tempered by ``t`` when ``has_t``)."""
     a, b = (rz, z) if kind == "reverse" else (z, rz)
@@ -81,7 +84,16 @@ def _chunk_values(kind: str, has_t: bool, z, rz, t, beta):
     )
 
 
-def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
+def _chunk_grads(
+    kind: str,
+    has_t: bool,
+    need_t: bool,
+    z: Array,
+    rz: Array,
+    t: Array,
+    beta: Array,
+    g: Array,
+) -> tuple[Array, Array, Array, Array | None]:
     """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
     [C, V] (and t), from the kernel's analytic VJP."""
     if has_t and need_t:
@@ -97,7 +109,7 @@ def _chunk_grads(kind: str, has_t: bool, need_t: bool, z, rz, t, beta, g):
     return values, dz, drz, None
 
 
-def _cross_entropy(z, labels, smoothing):
+def _cross_entropy(z: Array, labels: Array, smoothing: float) -> tuple[Array, Array]:
     """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
     smoothing ε, and its gradient w.r.t. z but for the label term:
     CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
@@ -115,25 +127,34 @@ def _cross_entropy(z, labels, smoothing):
     return ce[:, 0], jnp.exp(z - lse) - smoothing / z.shape[-1]
 
 
-def _add_label_term(dz, labels, scale):
+def _add_label_term(dz: Array, labels: Array, scale: Array) -> Array:
     """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
     rows = jnp.arange(dz.shape[0])
     return dz.at[rows, labels].add(-scale)
 
 
-def _matmul_dtype(*arrays):
+def _matmul_dtype(*arrays: Array) -> jnp.dtype:
     """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
     accumulated in float32), as a bf16 matmul's autodiff does."""
     return jnp.result_type(*arrays)
 
 
-def _value_scan(config, x, w, rx, rw, t, beta, hard=None):
+def _value_scan(
+    config: Config,
+    x: Array,
+    w: Array,
+    rx: Array,
+    rw: Array,
+    t: Array,
+    beta: Array,
+    hard: tuple[Array, Array] | None = None,
+) -> Any:
     """Per-position values [n_chunks, C] (and the cross-entropies at the hard
     labels, when ``hard`` is given); ``x`` is [C, n_chunks, H]."""
     kind, has_t = config.kind, config.has_t
     dtype = t.dtype
 
-    def step(carry, k):
+    def step(carry: None, k: Array) -> tuple[None, Any]:
         z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
         rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
         values = _chunk_values(kind, has_t, z, rz, t, beta)
@@ -146,7 +167,18 @@ def _value_scan(config, x, w, rx, rw, t, beta, hard=None):
     return values
 
 
-def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
+def _grad_scan(
+    config: Config,
+    x: Array,
+    w: Array,
+    rx: Array,
+    rw: Array,
+    t: Array,
+    beta: Array,
+    weights: Array,
+    need: PerInput,
+    hard: tuple[Array, Array] | None = None,
+) -> tuple[Any, PerInput]:
     """One pass over the chunks: per-position values [n_chunks, C] and the
     gradients of Σ weights · values (``weights`` laid out like ``x``, [C,
     n_chunks]) w.r.t. the inputs flagged in ``need`` (a :class:`PerInput` of
@@ -159,7 +191,8 @@ def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
     groups = _chunking.row_groups(x)
     ref_groups = _chunking.row_groups(rx)
 
-    def zeros_if(flag, like, dtype=dtype):  # zeros_like keeps the sharding
+    # zeros_like keeps the sharding
+    def zeros_if(flag: bool, like: Array, dtype: Any = dtype) -> Array | None:
         return jnp.zeros_like(like, dtype=dtype) if flag else None
 
     # dx rows are written once each: kept in the input dtype. dw is a sum over
@@ -176,7 +209,7 @@ def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
     mm = _matmul_dtype(x, w)
     ref_mm = _matmul_dtype(rx, rw)
 
-    def step(acc, k):
+    def step(acc: dict[str, Any], k: Array) -> tuple[dict[str, Any], Any]:
         xc, rxc, gc = (
             _chunking.chunk(x, k),
             _chunking.chunk(rx, k),
@@ -184,9 +217,10 @@ def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
         )
         z = _chunking.dot(xc, w, 1, 0, dtype)
         rz = _chunking.dot(rxc, rw, 1, 0, dtype)
-        values, dz, drz, dt = _chunk_grads(
+        div, dz, drz, dt = _chunk_grads(
             kind, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
         )
+        values: Any = div
         if hard is not None:
             labels, ce_weights = hard
             labels_k = _chunking.chunk(labels, k)
@@ -194,7 +228,7 @@ def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
             hw = _chunking.chunk(ce_weights, k).astype(dtype)
             dz = dz + hw[:, None] * dce
             dz = _add_label_term(dz, labels_k, hw * (1 - config.smoothing))
-            values = (values, ce)
+            values = (div, ce)
         # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
         # head: never a float32 copy of w) and accumulate in float32.
         dz, drz = dz.astype(mm), drz.astype(ref_mm)
@@ -221,7 +255,7 @@ def _grad_scan(config, x, w, rx, rw, t, beta, weights, need, hard=None):
     return values, PerInput(acc["x"], dw, acc["rx"], drw, acc["t"])
 
 
-def _cast_grads(config, grads):
+def _cast_grads(config: Config, grads: PerInput) -> PerInput:
     """Casts the compute-dtype gradients to the primal dtypes."""
     return PerInput(
         *(
@@ -231,7 +265,7 @@ def _cast_grads(config, grads):
     )
 
 
-def _is_zero(ct) -> bool:
+def _is_zero(ct: Any) -> bool:
     return isinstance(ct, jax.custom_derivatives.SymbolicZero)
 
 
@@ -252,21 +286,33 @@ def _is_zero(ct) -> bool:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def fused_total(config, x, w, rx, rw, t, beta, weights, hard):
+def fused_total(
+    config: Config,
+    x: Array,
+    w: Array,
+    rx: Array,
+    rw: Array,
+    t: Array,
+    beta: Array,
+    weights: Array,
+    hard: tuple[Array, Array] | None,
+) -> tuple[Array, Any]:
     """Σ weights · divergence (+ Σ ce_weights · CE with ``hard``), and the
     per-position values [n_chunks, C] as metrics (zero tangent)."""
     values = _value_scan(config, x, w, rx, rw, t, beta, hard)
     return _objective(values, weights, hard), values
 
 
-def _objective(values, weights, hard):
+def _objective(values: Any, weights: Array, hard: tuple[Array, Array] | None) -> Array:
     if hard is None:
         return jnp.sum(weights.T * values)
     div, ce = values
     return jnp.sum(weights.T * div) + jnp.sum(hard[1].T * ce)
 
 
-def _fused_total_jvp(config, primals, tangents):
+def _fused_total_jvp(
+    config: Config, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[tuple[Array, Any], tuple[Array, Any]]:
     x, w, rx, rw, t, beta, weights, hard = primals
     diff = tangents[:5]
     need = PerInput(*(not _is_zero(d) for d in diff))
@@ -280,7 +326,9 @@ def _fused_total_jvp(config, primals, tangents):
         for g, d in zip(grads, diff, strict=True):
             if g is not None:
                 # Σ g · d, elementwise then summed (also over sharded axes).
-                tangent = tangent + jnp.sum(g * d.astype(g.dtype))
+                # (dx is in the input dtype, e.g. bf16: the sum is cast to
+                # the compute dtype before it is added.)
+                tangent = tangent + jnp.sum(g * d.astype(g.dtype)).astype(t.dtype)
     # The objective is linear in the weights (traced soft / hard weights).
     d_weights, d_hard = tangents[6], tangents[7]
     if not _is_zero(d_weights):
@@ -306,19 +354,26 @@ fused_total.defjvp(_fused_total_jvp, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_values(config, x, w, rx, rw, t, beta):
+def fused_values(
+    config: Config, x: Array, w: Array, rx: Array, rw: Array, t: Array, beta: Array
+) -> Array:
     """Per-position divergence, [n_chunks, C]."""
     return _value_scan(config, x, w, rx, rw, t, beta)
 
 
-def _fused_values_fwd(config, x, w, rx, rw, t, beta):
+def _fused_values_fwd(
+    config: Config, x: Array, w: Array, rx: Array, rw: Array, t: Array, beta: Array
+) -> tuple[Array, tuple[Array, ...]]:
     args = (x, w, rx, rw, t, beta)
     return _value_scan(config, *args), args
 
 
-def _fused_values_bwd(config, args, g):
+def _fused_values_bwd(
+    config: Config, args: tuple[Array, ...], g: Array
+) -> tuple[Array | None, ...]:
     need = PerInput(x=True, w=True, rx=True, rw=True, t=config.has_t)
-    _, grads = _grad_scan(config, *args, g.T, need)
+    x, w, rx, rw, t, beta = args
+    _, grads = _grad_scan(config, x, w, rx, rw, t, beta, g.T, need)
     return (*_cast_grads(config, grads), None)
 
 

@@ -44,23 +44,25 @@ here: 3× slower), so no kernel selects per element on its fast path:
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array
 
 KINDS = ("forward", "symmetric", "js", "entropy")
 _NEG_INF = -jnp.inf
 
 
-def finite(x):
+def finite(x: Array) -> Array:
     """x with −inf read as the most negative finite number (finite x unchanged)."""
     return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
 
-def _sum(x):
+def _sum(x: Array) -> Array:
     return jnp.sum(x, axis=-1)
 
 
@@ -69,7 +71,7 @@ def _sum(x):
 # ----------------------------------------------------------------------------
 
 
-def shifted(x, t):
+def shifted(x: Array, t: Array | None) -> Array:
     """(x − max x) / T: ≤ 0, exactly 0 at the maximum. A tiny T sends every
     other entry to −inf (the greedy limit) instead of overflowing to NaN."""
     top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
@@ -78,20 +80,22 @@ def shifted(x, t):
     return s if t is None else s / _at_least_tiny(t)
 
 
-def log_softmax(x, t):
+def log_softmax(x: Array, t: Array | None) -> tuple[Array, Array]:
     """``log_softmax(x / T)`` over the last axis (T = 1 for None), and the
     shifted tempered logits ``s`` it is formed from."""
     s = shifted(x, t)
     return s - jnp.log(_sum(jnp.exp(s))[..., None]), s
 
 
-def _at_least_tiny(t):
+def _at_least_tiny(t: Array) -> Array:
     """T floored at the smallest normal float: a subnormal T is flushed to 0 on
     some backends (0 / 0 = NaN at the maximum); both are the greedy limit."""
     return jnp.maximum(t, jnp.finfo(t.dtype).tiny)
 
 
-def _log_probs(x, mask, t, logits, dtype):
+def _log_probs(
+    x: Array, mask: Array | None, t: Array | None, logits: bool, dtype: Any
+) -> tuple[Array, Array, Array | None]:
     """The log-probabilities the kernel uses, those of the normalised form
     (equal unless ``x`` is used as given at T = 1), and the shifted tempered
     logits ``s`` (None when ``x`` is used as given)."""
@@ -104,7 +108,9 @@ def _log_probs(x, mask, t, logits, dtype):
     return jnp.where(t == 1, x, normalised), normalised, s
 
 
-def through_normalisation(g, normalised, s, t, logits):
+def through_normalisation(
+    g: Array, normalised: Array, s: Array | None, t: Array | None, logits: bool
+) -> tuple[Array, Array | None]:
     """Cotangents w.r.t. x (and, per row, T) from the cotangent ``g`` w.r.t.
     the log-probs (see the module docstring)."""
     if s is None:
@@ -126,7 +132,7 @@ def through_normalisation(g, normalised, s, t, logits):
 # ----------------------------------------------------------------------------
 
 
-def _mixture_log(a, b, beta):
+def _mixture_log(a: Array, b: Array, beta: Array) -> Array:
     """log M = log(β p + (1 − β) q) for finite log-probs a, b, relative to the
     larger one: M = e^top (1 + c · expm1(d)) with d = min − top ≤ 0 and c the
     weight of the smaller side, so m = top + log1p(c · expm1(d)). Where a = b,
@@ -138,15 +144,18 @@ def _mixture_log(a, b, beta):
     return top + jnp.log1p(c * jnp.expm1(d))
 
 
-def _js_terms(a, b, beta):
+def _js_terms(a: Array, b: Array, beta: Array) -> tuple[Array, Array]:
     """β p (a − m) and (1 − β) q (b − m), also ∂ JS / ∂a and ∂ JS / ∂b."""
     fa, fb = finite(a), finite(b)
     m = _mixture_log(fa, fb, beta)
     return beta * jnp.exp(a) * (fa - m), (1 - beta) * jnp.exp(b) * (fb - m)
 
 
-def _fast_values(kind, a, b, beta):
+def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Array:
     """Per-position values; exact unless a KL row comes out non-finite."""
+    if kind == "entropy":
+        return neg_entropy(a)
+    assert b is not None  # every other kind compares two distributions
     if kind == "forward":
         return _sum(jnp.exp(a) * (a - b))
     if kind == "symmetric":
@@ -154,18 +163,19 @@ def _fast_values(kind, a, b, beta):
     if kind == "js":
         # Each element's β p log(p/M) + (1 − β) q log(q/M) is ≥ 0 (Jensen on
         # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
+        assert beta is not None
         ta, tb = _js_terms(a, b, beta)
         return _sum(jnp.maximum(ta + tb, 0))
-    return neg_entropy(a)
+    raise ValueError(f"Unknown kernel kind {kind!r}.")
 
 
-def neg_entropy(a):
+def neg_entropy(a: Array) -> Array:
     """Σ p log p per row (= −H ≤ 0). A positive sum comes only from rounding or
     log-probs above 0 (rounding in a log_softmax): the row is floored at 0."""
     return jnp.minimum(_sum(jnp.exp(a) * finite(a)), 0)
 
 
-def _exact_values(kind, a, b):
+def _exact_values(kind: str, a: Array, b: Array) -> Array:
     """The guarded KL formulas (only run when a fast row is not finite)."""
     d = a - b
     if kind == "forward":
@@ -177,9 +187,14 @@ def _exact_values(kind, a, b):
     return 0.5 * _sum(jnp.where(a == b, jnp.zeros((), t.dtype), t))
 
 
-def _grads(kind, a, b, beta):
+def _grads(
+    kind: str, a: Array, b: Array | None, beta: Array | None
+) -> tuple[Array, Array | None]:
     """∂ value / ∂a and ∂ value / ∂b (None for entropy) per element."""
     p = jnp.exp(a)
+    if kind == "entropy":
+        return p * (finite(a) + 1), None
+    assert b is not None  # every other kind compares two distributions
     if kind == "forward":
         return p * (finite(a) - finite(b) + 1), -p
     if kind == "symmetric":
@@ -187,8 +202,9 @@ def _grads(kind, a, b, beta):
         d = finite(a) - finite(b)
         return 0.5 * (p * d + p - q), 0.5 * (q - p - q * d)
     if kind == "js":
+        assert beta is not None
         return _js_terms(a, b, beta)
-    return p * (finite(a) + 1), None
+    raise ValueError(f"Unknown kernel kind {kind!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -196,7 +212,15 @@ def _grads(kind, a, b, beta):
 # ----------------------------------------------------------------------------
 
 
-def _values(kind, logits, a, b, mask, t, beta):
+def _values(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> Array:
     dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
     lp_a = _log_probs(a, mask, t, logits, dtype)[0]
     lp_b = None if b is None else _log_probs(b, mask, t, logits, dtype)[0]
@@ -204,7 +228,7 @@ def _values(kind, logits, a, b, mask, t, beta):
     if kind not in ("forward", "symmetric"):
         return rows
 
-    def exact(a, b, mask, t):
+    def exact(a: Array, b: Array, mask: Array | None, t: Array | None) -> Array:
         return _exact_values(
             kind,
             _log_probs(a, mask, t, logits, dtype)[0],
@@ -216,7 +240,15 @@ def _values(kind, logits, a, b, mask, t, beta):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def divergence(kind, logits, a, b, mask, t, beta):
+def divergence(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> Array:
     """Per-position ``kind`` divergence of the distributions given by ``a`` and
     ``b`` over the last axis.
 
@@ -235,25 +267,35 @@ def divergence(kind, logits, a, b, mask, t, beta):
     return _values(kind, logits, a, b, mask, t, beta)
 
 
-def _coefficients(kind, logits, a, b, mask, t, beta):
+def _coefficients(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> tuple[Array, Array | None, Array | None]:
     """∂ value_row / ∂a, ∂ value_row / ∂b per element (in the compute dtype)
     and ∂ value_row / ∂T per row; recomputed from the inputs themselves."""
     dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
     lp_a, norm_a, s_a = _log_probs(a, mask, t, logits, dtype)
-    if b is None:
-        lp_b = norm_b = s_b = None
-    else:
-        lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
+    if b is None:  # entropy: one distribution
+        ga, _ = _grads(kind, lp_a, None, beta)
+        ca, dt = through_normalisation(ga, norm_a, s_a, t, logits)
+        return ca, None, dt
+    lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
     ga, gb = _grads(kind, lp_a, lp_b, beta)
+    assert gb is not None  # a two-distribution kind
     ca, dt = through_normalisation(ga, norm_a, s_a, t, logits)
-    cb = None
-    if b is not None:
-        cb, dt_b = through_normalisation(gb, norm_b, s_b, t, logits)
-        dt = None if dt is None else dt + dt_b
-    return ca, cb, dt
+    cb, dt_b = through_normalisation(gb, norm_b, s_b, t, logits)
+    # dt and dt_b are both None (no temperature) or both arrays.
+    return ca, cb, None if dt is None or dt_b is None else dt + dt_b
 
 
-def _divergence_jvp(kind, logits, primals, tangents):
+def _divergence_jvp(
+    kind: str, logits: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[Array, Array]:
     """The tangent Σ_v (∂/∂a · da + ∂/∂b · db) + ∂/∂T · dT per row: linear in
     the tangents, so reverse mode transposes it into the analytic gradient
     (the coefficients are elementwise in the inputs: under ``jit`` XLA fuses
@@ -263,15 +305,15 @@ def _divergence_jvp(kind, logits, primals, tangents):
     values = _values(kind, logits, a, b, mask, t, beta)
     ca, cb, ct = _coefficients(kind, logits, a, b, mask, t, beta)
 
-    def row(c, d):
+    def row(c: Array, d: Array) -> Array:
         if mask is not None:  # masked rows were read as zeros: no derivative
             d = jnp.where(mask[..., None], d, jnp.zeros((), d.dtype))
         return jnp.sum(c * d.astype(c.dtype), axis=-1)
 
     tangent = row(ca, da)
-    if b is not None:
+    if cb is not None:  # b is given
         tangent = tangent + row(cb, db)
-    if t is not None:
+    if ct is not None:  # t is given
         tangent = tangent + ct * jnp.asarray(dt, ct.dtype)
     return values, tangent.astype(values.dtype)
 

@@ -234,7 +234,7 @@ def gate(tree: Any, off: jax.Array) -> Any:
     exactly 0 even where the term's own gradient is inf or NaN.
     """
 
-    def leaf(x):
+    def leaf(x: Any) -> Any:
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact):
             return jnp.where(off, jax.lax.stop_gradient(x), x)
         return x
@@ -275,7 +275,7 @@ def term_grad_norm(
 ) -> jax.Array:
     """‖∇_params valueₖ‖₂ of one term, by its own backward pass."""
 
-    def value(p):
+    def value(p: Any) -> jax.Array:
         _, outputs = split_loss(config.loss_fn(p, batch, *args))
         return term_value(spec, w, p, batch, outputs)[0].astype(dtype)
 
@@ -294,7 +294,7 @@ def grad_norm(fn: Callable[[Any], jax.Array], params: Any, dtype: Any) -> jax.Ar
     leaves, treedef = jax.tree.flatten(params)
     idx = [i for i, x in enumerate(leaves) if is_float_array(x)]
 
-    def of(diff):
+    def of(diff: list[jax.Array]) -> jax.Array:
         full = list(leaves)
         for i, d in zip(idx, diff, strict=True):
             full[i] = d

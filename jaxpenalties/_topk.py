@@ -10,6 +10,7 @@ computed in log space; the exact divergence kernel of
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +18,12 @@ import numpy as np
 
 from jaxpenalties import _kernels
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array
 
 _LOG_HALF = float(np.log(0.5))
 
 
-def _log_mass(x):
+def _log_mass(x: Array) -> Array:
     """log Σ exp(x) over the last axis, keepdims; the largest entry's term is
     ``expm1(0) = 0`` plus 1 outside, so mass near 1 keeps its digits. −inf for a
     row of −inf. Exact gradients (softmax), also at ties."""
@@ -29,13 +31,13 @@ def _log_mass(x):
     some = jnp.isfinite(top)
     d = x - jnp.where(some, top, jnp.zeros((), x.dtype))
     iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    first = iota == jnp.argmax(x, axis=-1, keepdims=True)
+    first = iota == jnp.argmax(x, axis=-1, keepdims=True).astype(iota.dtype)
     rest = jnp.sum(jnp.where(first, jnp.expm1(d), jnp.exp(d)), -1, keepdims=True)
     rest = jnp.where(some, rest, jnp.zeros((), x.dtype))
     return jnp.where(some, top + jnp.log1p(rest), -jnp.inf)
 
 
-def _with_tail(x, dtype):
+def _with_tail(x: Array, dtype: Any) -> Array:
     """x [..., k] with the tail bucket log(1 − Σ exp x) appended: [..., k + 1]."""
     x = x.astype(dtype)
     lse = _log_mass(x)
@@ -54,8 +56,18 @@ def _with_tail(x, dtype):
 
 @functools.partial(jax.jit, static_argnames=("kind", "swap", "tail", "reduction"))
 def divergence(
-    student, indices, teacher, temperature, mask, beta, *, kind, swap, tail, reduction
-):
+    student: Array,
+    indices: Array,
+    teacher: Array,
+    temperature: Array | None,
+    mask: Array | None,
+    beta: float | Array | None,
+    *,
+    kind: str,
+    swap: bool,
+    tail: str,
+    reduction: str,
+) -> Array:
     """The divergence of a dense student [..., V] and a top-k teacher
     (``indices``, ``teacher``: [..., k]), reduced over the positions."""
     dtype = u.compute_dtype(student, teacher)

@@ -181,7 +181,9 @@ def reduce(values: jax.Array, reduction: str, where: jax.Array | None) -> jax.Ar
     return total / jnp.maximum(count, 1)
 
 
-def reduce_with_extremes(values, reduction: str, where, extremes: bool):
+def reduce_with_extremes(
+    values: jax.Array, reduction: str, where: jax.Array | None, extremes: bool
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`reduce`, and with ``extremes`` also ``{"max", "min"}`` of the
     per-position values over kept positions (0 when none is kept): the spike at
     one position that a mean hides, as in-graph metrics without a gradient."""
@@ -255,7 +257,14 @@ def check_scalar(
     return value
 
 
-def _check_range(name, value, low, high, open_low, open_high) -> None:
+def _check_range(
+    name: str,
+    value: float,
+    low: float | None,
+    high: float | None,
+    open_low: bool,
+    open_high: bool,
+) -> None:
     below = low is not None and (value <= low if open_low else value < low)
     above = high is not None and (value >= high if open_high else value > high)
     if not (below or above or not np.isfinite(value)):

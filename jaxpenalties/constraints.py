@@ -9,7 +9,7 @@ Xᵀ X (they share their nonzero eigenvalues and their Frobenius norm).
 from __future__ import annotations
 
 import functools
-from typing import cast, get_args
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -258,7 +258,7 @@ def consistency(
         value = divergences.kl_divergence(
             a, b, symmetric=True, reduction=reduction, where=where
         )
-        return cast(jax.Array, value)  # without `extremes`, one array
+        return value
     a = u.check_floating("a", a)
     b = u.check_floating("b", b)
     u.check_same_shape("a", a, "b", b)

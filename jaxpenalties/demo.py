@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -94,7 +94,7 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int):
+def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         yield rng.integers(0, n, size=batch_size)
@@ -169,7 +169,10 @@ def run(
         bar.set_description(label)
         params, opt_state = base_params, optimizer.init(base_params)
         kw = {"weights": {k: jnp.float32(v) for k, v in weights.items()}}
-        history = {"step": [0], **{k: [v] for k, v in base.items()}}
+        history: dict[str, list[float]] = {
+            "step": [0],
+            **{k: [v] for k, v in base.items()},
+        }
         metrics = None
         batches = _batches(len(y_new), batch_size, steps, seed + 1)
         for step, idx in enumerate(batches, start=1):
@@ -202,12 +205,12 @@ def run(
     }
 
 
-def _to_floats(tree) -> dict[str, float]:
+def _to_floats(tree: Mapping[str, Any]) -> dict[str, float]:
     """Scalar entries of a flat dict as Python floats (others are dropped)."""
     return {k: float(v) for k, v in tree.items() if np.ndim(v) == 0}
 
 
-def _postfix(metrics) -> dict[str, str]:
+def _postfix(metrics: Mapping[str, Any]) -> dict[str, str]:
     postfix = {"ce": f"{float(metrics['loss']):.3f}"}
     for name, entry in metrics["penalties"].items():
         postfix[name] = f"{float(entry['value']):.3g}"
@@ -297,7 +300,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
         config["steps"] = args.steps
-    outcome = run(**config, seed=args.seed, progress=not args.no_progress)
+    outcome = run(
+        steps=config["steps"],
+        pretrain_steps=config["pretrain_steps"],
+        eval_every=config["eval_every"],
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(format_table(outcome))
     path = plot(outcome, os.path.abspath(os.path.join(args.out, "forgetting.png")))
     outcome["plot"] = path

@@ -8,12 +8,22 @@ entropy over a distribution axis (the vocabulary axis of an LM), with
 from __future__ import annotations
 
 import functools
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _checks, _kernels
 from jaxpenalties import _utils as u
+from jaxpenalties._types import (
+    Array,
+    ArrayLike,
+    Direction,
+    EntropyMode,
+    Reduction,
+)
+
+_WithExtremes = tuple[Array, dict[str, Array]]
 
 # ----------------------------------------------------------------------------
 # Shared by the three functions: validation (eager, at trace time), then one
@@ -21,7 +31,16 @@ from jaxpenalties import _utils as u
 # ----------------------------------------------------------------------------
 
 
-def _checked_run(kind, xs, beta, temperature, where, reduction, axis, **options):
+def _checked_run(
+    kind: str,
+    xs: tuple[Array, ...],
+    beta: float | None,
+    temperature: Any,
+    where: ArrayLike | None,
+    reduction: str,
+    axis: int,
+    **options: bool,
+) -> Array | _WithExtremes:
     """Validates the options every function has, then runs the jitted core;
     ``options`` are its remaining static ones (``from_logits``, ``extremes``,
     and entropy's ``normalize`` and ``negate``)."""
@@ -53,28 +72,28 @@ def _checked_run(kind, xs, beta, temperature, where, reduction, axis, **options)
     ),
 )
 def _impl(
-    xs,
-    temperature,
-    beta,
-    where,
+    xs: tuple[Array, ...],
+    temperature: ArrayLike | None,
+    beta: float | None,
+    where: ArrayLike | None,
     *,
-    kind,
-    reduction,
-    axis,
-    from_logits,
-    extremes,
-    normalize=False,
-    negate=False,
-):
+    kind: str,
+    reduction: str,
+    axis: int,
+    from_logits: bool,
+    extremes: bool,
+    normalize: bool = False,
+    negate: bool = False,
+) -> Array | _WithExtremes:
     """Moves ``axis`` last and runs the kernel on the arrays as given: the
     upcast, the mask and the temperature happen inside its fusions."""
     xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
     mask = u.broadcast_where(where, xs[0].shape[:-1])
     dtype = u.compute_dtype(*xs)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
-    beta = None if beta is None else jnp.asarray(beta, dtype)
+    b_ = None if beta is None else jnp.asarray(beta, dtype)
     b = xs[1] if len(xs) > 1 else None
-    values = _kernels.divergence(kind, from_logits, xs[0], b, mask, t, beta)
+    values = _kernels.divergence(kind, from_logits, xs[0], b, mask, t, b_)
     if normalize:
         values = values / jnp.log(jnp.asarray(xs[0].shape[-1], values.dtype))
     if negate:
@@ -82,19 +101,67 @@ def _impl(
     return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
+@overload
 def kl_divergence(
-    p_logprobs: jax.typing.ArrayLike,
-    q_logprobs: jax.typing.ArrayLike,
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
     *,
-    direction: str = "forward",
+    direction: Direction = "forward",
     symmetric: bool = False,
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def kl_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    direction: Direction = "forward",
+    symmetric: bool = False,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[True],
+) -> _WithExtremes: ...
+
+
+@overload
+def kl_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    direction: Direction = "forward",
+    symmetric: bool = False,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
     extremes: bool = False,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | _WithExtremes: ...
+
+
+def kl_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    direction: Direction = "forward",
+    symmetric: bool = False,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: bool = False,
+) -> Array | _WithExtremes:
     r"""Kullback–Leibler divergence between two distributions in log space.
 
     .. math::
@@ -162,18 +229,63 @@ def kl_divergence(
     )
 
 
+@overload
 def js_divergence(
-    p_logprobs: jax.typing.ArrayLike,
-    q_logprobs: jax.typing.ArrayLike,
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
     *,
     beta: float = 0.5,
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def js_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[True],
+) -> _WithExtremes: ...
+
+
+@overload
+def js_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
     extremes: bool = False,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | _WithExtremes: ...
+
+
+def js_divergence(
+    p_logprobs: ArrayLike,
+    q_logprobs: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: bool = False,
+) -> Array | _WithExtremes:
     r"""Generalised Jensen–Shannon divergence in log space.
 
     .. math::
@@ -231,18 +343,63 @@ def js_divergence(
     )
 
 
+@overload
 def entropy(
-    logprobs: jax.typing.ArrayLike,
+    logprobs: ArrayLike,
     *,
-    mode: str = "bonus",
-    temperature: float | jax.typing.ArrayLike = 1.0,
+    mode: EntropyMode = "bonus",
+    temperature: float | ArrayLike = 1.0,
     normalize: bool = False,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def entropy(
+    logprobs: ArrayLike,
+    *,
+    mode: EntropyMode = "bonus",
+    temperature: float | ArrayLike = 1.0,
+    normalize: bool = False,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: Literal[True],
+) -> _WithExtremes: ...
+
+
+@overload
+def entropy(
+    logprobs: ArrayLike,
+    *,
+    mode: EntropyMode = "bonus",
+    temperature: float | ArrayLike = 1.0,
+    normalize: bool = False,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     axis: int = -1,
     from_logits: bool = False,
     extremes: bool = False,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | _WithExtremes: ...
+
+
+def entropy(
+    logprobs: ArrayLike,
+    *,
+    mode: EntropyMode = "bonus",
+    temperature: float | ArrayLike = 1.0,
+    normalize: bool = False,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    from_logits: bool = False,
+    extremes: bool = False,
+) -> Array | _WithExtremes:
     r"""Shannon entropy as a loss term, H(P) = −Σ p log p (0 · log 0 = 0).
 
     The sign is chosen for a term *added to a loss that is minimised*:

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import functools
+from typing import Literal, overload
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array, ArrayLike, Estimator, Reduction
 
 ESTIMATORS = ("k1", "k2", "k3")
+
+_WithExtremes = tuple[Array, dict[str, Array]]
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction", "extremes"))
 def _kl_estimate_impl(
-    logprobs,
-    ref_logprobs,
-    max_log_ratio,
-    max_value,
-    where,
+    logprobs: Array,
+    ref_logprobs: Array,
+    max_log_ratio: ArrayLike | None,
+    max_value: ArrayLike | None,
+    where: ArrayLike | None,
     *,
-    estimator,
-    reduction,
-    extremes,
-):
+    estimator: str,
+    reduction: str,
+    extremes: bool,
+) -> Array | _WithExtremes:
     logp, ref = u.upcast(logprobs, ref_logprobs)
     mask = u.broadcast_where(where, logp.shape)
     logp = u.sanitize(logp, mask)
@@ -48,7 +52,7 @@ def _kl_estimate_impl(
     return u.reduce_with_extremes(values, reduction, mask, extremes)
 
 
-def _estimate(estimator, log_r):
+def _estimate(estimator: str, log_r: Array) -> Array:
     if estimator == "k1":
         return -log_r
     if estimator == "k2":
@@ -61,17 +65,59 @@ def _estimate(estimator, log_r):
     return jnp.where(inf, jnp.expm1(log_r), jnp.expm1(safe) - safe)
 
 
+@overload
 def kl_estimate(
-    logprobs: jax.typing.ArrayLike,
-    ref_logprobs: jax.typing.ArrayLike,
+    logprobs: ArrayLike,
+    ref_logprobs: ArrayLike,
     *,
-    estimator: str = "k3",
+    estimator: Estimator = "k3",
     max_log_ratio: float | None = None,
     max_value: float | None = None,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    extremes: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def kl_estimate(
+    logprobs: ArrayLike,
+    ref_logprobs: ArrayLike,
+    *,
+    estimator: Estimator = "k3",
+    max_log_ratio: float | None = None,
+    max_value: float | None = None,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    extremes: Literal[True],
+) -> _WithExtremes: ...
+
+
+@overload
+def kl_estimate(
+    logprobs: ArrayLike,
+    ref_logprobs: ArrayLike,
+    *,
+    estimator: Estimator = "k3",
+    max_log_ratio: float | None = None,
+    max_value: float | None = None,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     extremes: bool = False,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | _WithExtremes: ...
+
+
+def kl_estimate(
+    logprobs: ArrayLike,
+    ref_logprobs: ArrayLike,
+    *,
+    estimator: Estimator = "k3",
+    max_log_ratio: float | None = None,
+    max_value: float | None = None,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
+    extremes: bool = False,
+) -> Array | _WithExtremes:
     r"""Per-token estimate of KL(π‖π_ref) from sampled-token log-probabilities.
 
     With tokens xₜ ~ π and :math:`r = \pi_{ref}(x_t) / \pi(x_t)`:

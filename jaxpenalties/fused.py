@@ -44,6 +44,7 @@ all-reduce instead of one per chunk).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,19 +53,29 @@ from jax import lax
 from jaxpenalties import _checks, _chunking
 from jaxpenalties import _fused_kernel as fk
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array, ArrayLike, Direction, Reduction
 
 # ----------------------------------------------------------------------------
 # Shared driver: validation, chunk layout, reduction
 # ----------------------------------------------------------------------------
 
 
-def _fused(heads, kind, beta, temperature, reduction, where, chunk_size, hard):
+def _fused(
+    heads: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
+    kind: str,
+    beta: float | None,
+    temperature: float | ArrayLike,
+    reduction: str,
+    where: ArrayLike | None,
+    chunk_size: int | None,
+    hard: tuple[Any, Any, Any, Any, Any],
+) -> Array | tuple[Array, dict[str, Array]]:
     """Validates what both public functions share, in their order, and runs
     the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
     hard_weight, label_smoothing)."""
     u.check_option("reduction", reduction, u.REDUCTIONS)
     x, w, ref_x, ref_w = _checks.check_heads(*heads, chunk_size)
-    hard = _checks.check_hard(hard, x, w, reduction)
+    hard_options = _checks.check_hard(hard, x, w, reduction)
     temperature = _checks.check_temperature(temperature)
     return _fused_impl(
         x,
@@ -77,7 +88,7 @@ def _fused(heads, kind, beta, temperature, reduction, where, chunk_size, hard):
         kind=kind,
         reduction=reduction,
         chunk_size=chunk_size,
-        **hard,
+        **hard_options,
     )
 
 
@@ -92,23 +103,23 @@ def _fused(heads, kind, beta, temperature, reduction, where, chunk_size, hard):
     ),
 )
 def _fused_impl(
-    x,
-    w,
-    ref_x,
-    ref_w,
-    temperature,
-    beta,
-    where,
-    labels=None,
-    soft_weight=None,
-    hard_weight=None,
+    x: Array,
+    w: Array,
+    ref_x: Array,
+    ref_w: Array,
+    temperature: ArrayLike | None,
+    beta: ArrayLike | None,
+    where: ArrayLike | None,
+    labels: Array | None = None,
+    soft_weight: ArrayLike | None = None,
+    hard_weight: ArrayLike | None = None,
     *,
-    kind,
-    reduction,
-    chunk_size,
-    ignore_index=-100,
-    label_smoothing=0.0,
-):
+    kind: str,
+    reduction: str,
+    chunk_size: int | None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Array | tuple[Array, dict[str, Array]]:
     dtype = u.compute_dtype(x, w, ref_x, ref_w)
     lay = _chunking.layout(x, w, chunk_size)
     mask = u.broadcast_where(where, lay.positions)
@@ -128,9 +139,9 @@ def _fused_impl(
 
     heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
     if labels is not None:
-        weights = (soft_weight, hard_weight)
+        parts = (soft_weight, hard_weight)
         return _distill(
-            config, lay, heads, valid, labels, weights, ignore_index, reduction
+            config, lay, heads, valid, labels, parts, ignore_index, reduction
         )
     if reduction == "none":
         values = fk.fused_values(config, *heads)  # [n_chunks, C]
@@ -143,7 +154,16 @@ def _fused_impl(
     return total / jnp.maximum(jnp.asarray(count, dtype), 1)
 
 
-def _distill(config, lay, heads, valid, labels, weights, ignore_index, reduction):
+def _distill(
+    config: fk.Config,
+    lay: _chunking.Layout,
+    heads: fk.Heads,
+    valid: Array,
+    labels: Array,
+    weights: tuple[Any, Any],  # checked numbers or scalar arrays
+    ignore_index: int,
+    reduction: str,
+) -> tuple[Array, dict[str, Array]]:
     """soft · divergence + hard · CE(labels) in one pass, and both parts."""
     soft_weight, hard_weight = weights
     dtype = heads.t.dtype
@@ -172,23 +192,23 @@ def _distill(config, lay, heads, valid, labels, weights, ignore_index, reduction
 
 
 def fused_linear_kl_divergence(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    ref_x: jax.typing.ArrayLike,
-    ref_w: jax.typing.ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    ref_x: ArrayLike,
+    ref_w: ArrayLike,
     *,
-    direction: str = "forward",
+    direction: Direction = "forward",
     symmetric: bool = False,
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     chunk_size: int | None = None,
-    labels: jax.typing.ArrayLike | None = None,
+    labels: ArrayLike | None = None,
     ignore_index: int = -100,
-    soft_weight: float | jax.typing.ArrayLike = 1.0,
-    hard_weight: float | jax.typing.ArrayLike = 1.0,
+    soft_weight: float | ArrayLike = 1.0,
+    hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | tuple[Array, dict[str, Array]]:
     r"""KL divergence between two linear heads, without materialising the logits.
 
     .. math::
@@ -271,22 +291,22 @@ def fused_linear_kl_divergence(
 
 
 def fused_linear_js_divergence(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    ref_x: jax.typing.ArrayLike,
-    ref_w: jax.typing.ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    ref_x: ArrayLike,
+    ref_w: ArrayLike,
     *,
     beta: float = 0.5,
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     chunk_size: int | None = None,
-    labels: jax.typing.ArrayLike | None = None,
+    labels: ArrayLike | None = None,
     ignore_index: int = -100,
-    soft_weight: float | jax.typing.ArrayLike = 1.0,
-    hard_weight: float | jax.typing.ArrayLike = 1.0,
+    soft_weight: float | ArrayLike = 1.0,
+    hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+) -> Array | tuple[Array, dict[str, Array]]:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
     .. math::

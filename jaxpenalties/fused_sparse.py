@@ -18,14 +18,27 @@ from jax import lax
 
 from jaxpenalties import _checks, _chunking, _topk
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array, ArrayLike, Direction, Reduction, Tail
 
 
 @functools.partial(
     jax.jit, static_argnames=("kind", "swap", "tail", "reduction", "chunk_size")
 )
 def _impl(
-    x, w, indices, teacher, t, mask, beta, *, kind, swap, tail, reduction, chunk_size
-):
+    x: Array,
+    w: Array,
+    indices: Array,
+    teacher: Array,
+    t: Array | None,
+    mask: Array | None,
+    beta: float | None,
+    *,
+    kind: str,
+    swap: bool,
+    tail: str,
+    reduction: str,
+    chunk_size: int | None,
+) -> Array:
     dtype = u.compute_dtype(x, w, teacher)
     lay = _chunking.layout(x, w, chunk_size)
     valid = jnp.ones(lay.positions, bool) if mask is None else mask
@@ -36,7 +49,7 @@ def _impl(
     ok = lay.chunked(valid)  # padded rows are masked too
 
     @jax.checkpoint
-    def chunk_values(xc, ic, qc, mc):
+    def chunk_values(xc: Array, ic: Array, qc: Array, mc: Array) -> Array:
         z = _chunking.dot(xc, w, 1, 0, dtype)
         student = jax.nn.log_softmax(z, axis=-1)
         return _topk.divergence(
@@ -52,7 +65,7 @@ def _impl(
             reduction="none",
         )
 
-    def step(carry, k):
+    def step(carry: None, k: Array) -> tuple[None, Array]:
         parts = (xs, idx, tq, ok)
         return carry, chunk_values(*(_chunking.chunk(a, k) for a in parts))
 
@@ -60,31 +73,40 @@ def _impl(
     return u.reduce(lay.unchunked(values), reduction, mask)
 
 
-def _check(x, w, top_k, tail, temperature, reduction, where, chunk_size):
+def _check(
+    x: ArrayLike,
+    w: ArrayLike,
+    top_k: tuple[ArrayLike, ArrayLike],
+    tail: str,
+    temperature: float | ArrayLike,
+    reduction: str,
+    where: ArrayLike | None,
+    chunk_size: int | None,
+) -> tuple[Array, Array, Array, Array, Array | None, Array | None]:
     """Validates everything eagerly; ``top_k`` is (indices, teacher log-probs)."""
     x, w = _checks.check_linear_head(x, w, chunk_size)
     student_shape = x.shape[:-1] + (w.shape[1],)
     indices, teacher, t, mask = _checks.check_teacher(
-        student_shape, *top_k, tail, temperature, reduction, where
+        student_shape, top_k[0], top_k[1], tail, temperature, reduction, where
     )
     t = None if t is None else jnp.asarray(t, u.compute_dtype(x, w, teacher))
     return x, w, indices, teacher, t, mask
 
 
 def fused_linear_sparse_kl_divergence(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    teacher_indices: jax.typing.ArrayLike,
-    teacher_logprobs: jax.typing.ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    teacher_indices: ArrayLike,
+    teacher_logprobs: ArrayLike,
     *,
-    direction: str = "forward",
+    direction: Direction = "forward",
     symmetric: bool = False,
-    tail: str = "renormalize",
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    tail: Tail = "renormalize",
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     chunk_size: int | None = None,
-) -> jax.Array:
+) -> Array:
     r"""KL between a linear-head student P = softmax(x W) and a top-k teacher Q.
 
     Same value as ``sparse_kl_divergence(log_softmax(x @ w), teacher_indices,
@@ -142,18 +164,18 @@ def fused_linear_sparse_kl_divergence(
 
 
 def fused_linear_sparse_js_divergence(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    teacher_indices: jax.typing.ArrayLike,
-    teacher_logprobs: jax.typing.ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    teacher_indices: ArrayLike,
+    teacher_logprobs: ArrayLike,
     *,
     beta: float = 0.5,
-    tail: str = "renormalize",
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    tail: Tail = "renormalize",
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
     chunk_size: int | None = None,
-) -> jax.Array:
+) -> Array:
     r"""Generalised JS between a linear-head student and a top-k teacher.
 
     Same value as ``sparse_js_divergence(log_softmax(x @ w), ...)``, chunked as

@@ -10,7 +10,7 @@ recompiles.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +172,6 @@ def kl_penalized_rewards(
     kl = kl_estimate(
         logprobs, ref_logprobs, estimator=estimator, reduction="none", where=where
     )
-    kl = cast(jax.Array, kl)  # without `extremes`, one array
     out = rewards.astype(kl.dtype) - jnp.asarray(
         coef, kl.dtype
     ) * jax.lax.stop_gradient(kl)

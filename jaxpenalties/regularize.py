@@ -34,7 +34,7 @@ def _callable_name(fn: Callable) -> str:
     return name if isinstance(name, str) else type(fn).__name__
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class Penalty:
     r"""One regularisation term of a training loss: ``weight · fn(*inputs)``.
 
@@ -78,17 +78,26 @@ class Penalty:
     """
 
     fn: Callable[..., Any]
-    _: dataclasses.KW_ONLY
     inputs: tuple[str | Callable[..., Any], ...]
-    weight: float | Callable[[Any], Any] = 1.0
-    name: str | None = None
-    kwargs: Mapping[str, Any] | None = None
-    where: str | Callable[..., Any] | None = None
+    weight: float | Callable[[Any], Any]
+    name: str
+    kwargs: Mapping[str, Any]
+    where: str | Callable[..., Any] | None
 
-    def __post_init__(self) -> None:
-        if not callable(self.fn):
-            raise TypeError(f"Expected `fn` to be callable, got {self.fn!r}.")
-        inputs = self.inputs
+    # An explicit __init__: ``name`` and ``kwargs`` default to None and are
+    # always filled in, so the fields hold their final types.
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        inputs: Sequence[str | Callable[..., Any]],
+        weight: float | Callable[[Any], Any] = 1.0,
+        name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        where: str | Callable[..., Any] | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"Expected `fn` to be callable, got {fn!r}.")
         if isinstance(inputs, str):
             raise TypeError(
                 f"Expected `inputs` to be a tuple of names (str) or callables, got "
@@ -108,36 +117,40 @@ class Penalty:
                 )
         if not inputs:
             raise ValueError("Expected `inputs` to name at least one input, got ().")
-        object.__setattr__(self, "inputs", tuple(inputs))
 
-        weight = u.check_weight("weight", self.weight, fixed=True)
-        object.__setattr__(self, "weight", weight)
+        weight = u.check_weight("weight", weight, fixed=True)
 
-        name = self.name if self.name is not None else _callable_name(self.fn)
+        name = name if name is not None else _callable_name(fn)
         if not isinstance(name, str) or not name:
             raise TypeError(f"Expected `name` to be a non-empty str, got {name!r}.")
-        object.__setattr__(self, "name", name)
 
-        kwargs = {} if self.kwargs is None else self.kwargs
+        kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, Mapping) or not all(
             isinstance(k, str) for k in kwargs
         ):
             raise TypeError(
                 f"Expected `kwargs` to be a dict with str keys, got {kwargs!r}."
             )
-        if "where" in kwargs and self.where is not None:
+        if "where" in kwargs and where is not None:
             raise ValueError(
                 "Got `where` both as a field and in `kwargs`; give it once."
             )
-        object.__setattr__(self, "kwargs", types.MappingProxyType(dict(kwargs)))
 
-        if not (
-            self.where is None or isinstance(self.where, str) or callable(self.where)
-        ):
+        if not (where is None or isinstance(where, str) or callable(where)):
             raise TypeError(
                 "Expected `where` to be None, a name (str) or a callable "
-                f"f(params, batch, outputs), got {self.where!r}."
+                f"f(params, batch, outputs), got {where!r}."
             )
+        frozen = {
+            "fn": fn,
+            "inputs": tuple(inputs),
+            "weight": weight,
+            "name": name,
+            "kwargs": types.MappingProxyType(dict(kwargs)),
+            "where": where,
+        }
+        for field, value in frozen.items():
+            object.__setattr__(self, field, value)
 
 
 def _check_penalties(penalties: Any) -> tuple[Penalty, ...]:
@@ -259,8 +272,12 @@ def regularize(
     u.check_bool("return_outputs", return_outputs)
     config = steps.Config(loss_fn, specs, track_grad_norms, return_outputs)
 
-    def regularized(params, batch, *args, step=0, weights=None):
+    def regularized(
+        params: Any, batch: Any, *args: Any, step: Any = 0, weights: Any = None
+    ) -> tuple[jax.Array, dict[str, Any]]:
         return steps.call(config, params, batch, args, step, weights)
 
-    regularized.__signature__ = _SIGNATURE
+    # What ``inspect.signature`` reads (typeshed's function type has no
+    # ``__signature__`` attribute, so it is set through ``__dict__``).
+    regularized.__dict__["__signature__"] = _SIGNATURE
     return regularized

@@ -37,13 +37,24 @@ NaN at its position, never a silent number.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
 from jaxpenalties import _checks, _topk
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array, ArrayLike, Direction, Reduction, Tail
 
 
-def _check_inputs(student, indices, teacher, tail, temperature, reduction, where):
+def _check_inputs(
+    student: ArrayLike,
+    indices: ArrayLike,
+    teacher: ArrayLike,
+    tail: str,
+    temperature: float | ArrayLike,
+    reduction: str,
+    where: ArrayLike | None,
+) -> tuple[Array, Array, Array, Any, Array | None]:
     """Validates everything eagerly; returns the arrays, T and the mask."""
     student = u.check_floating("student_logprobs", student)
     indices, teacher, t, mask = _checks.check_teacher(
@@ -53,16 +64,16 @@ def _check_inputs(student, indices, teacher, tail, temperature, reduction, where
 
 
 def sparse_kl_divergence(
-    student_logprobs: jax.typing.ArrayLike,
-    teacher_indices: jax.typing.ArrayLike,
-    teacher_logprobs: jax.typing.ArrayLike,
+    student_logprobs: ArrayLike,
+    teacher_indices: ArrayLike,
+    teacher_logprobs: ArrayLike,
     *,
-    direction: str = "forward",
+    direction: Direction = "forward",
     symmetric: bool = False,
-    tail: str = "renormalize",
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    tail: Tail = "renormalize",
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
 ) -> jax.Array:
     r"""KL divergence between a dense student P and a top-k teacher Q.
 
@@ -124,15 +135,15 @@ def sparse_kl_divergence(
 
 
 def sparse_js_divergence(
-    student_logprobs: jax.typing.ArrayLike,
-    teacher_indices: jax.typing.ArrayLike,
-    teacher_logprobs: jax.typing.ArrayLike,
+    student_logprobs: ArrayLike,
+    teacher_indices: ArrayLike,
+    teacher_logprobs: ArrayLike,
     *,
     beta: float = 0.5,
-    tail: str = "renormalize",
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    reduction: str = "mean",
-    where: jax.typing.ArrayLike | None = None,
+    tail: Tail = "renormalize",
+    temperature: float | ArrayLike = 1.0,
+    reduction: Reduction = "mean",
+    where: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Generalised Jensen–Shannon divergence, dense student P, top-k teacher Q.
 

@@ -18,9 +18,12 @@ from jax import lax
 
 from jaxpenalties import _checks, _chunking, _kernels
 from jaxpenalties import _utils as u
+from jaxpenalties._types import Array, ArrayLike
 
 
-def _chunk_stats(z, tokens, t):
+def _chunk_stats(
+    z: Array, tokens: Array, t: Array | None
+) -> tuple[Array, Array, Array, Array]:
     """Tempered log-probs a [C, V], shifted logits s, log p(y) and H [C]."""
     a, s = _kernels.log_softmax(z, t)
     logp = jnp.take_along_axis(a, tokens[:, None], axis=-1)[:, 0]
@@ -28,10 +31,12 @@ def _chunk_stats(z, tokens, t):
     return a, s, logp, entropy
 
 
-def _value_scan(xs, w, tokens, t):
+def _value_scan(
+    xs: Array, w: Array, tokens: Array, t: Array | None
+) -> tuple[Array, Array]:
     dtype = u.compute_dtype(xs, w)
 
-    def step(carry, k):
+    def step(carry: None, k: Array) -> tuple[None, tuple[Array, Array]]:
         z = _chunking.dot(_chunking.chunk(xs, k), w, 1, 0, dtype)
         _, _, logp, entropy = _chunk_stats(z, _chunking.chunk(tokens, k), t)
         return carry, (logp, entropy)
@@ -41,16 +46,22 @@ def _value_scan(xs, w, tokens, t):
 
 
 @jax.custom_vjp
-def _token_logprobs(xs, w, tokens, t):
+def _token_logprobs(
+    xs: Array, w: Array, tokens: Array, t: Array | None
+) -> tuple[Array, Array]:
     """(log p(y), H), each [n_chunks, C]; ``xs`` is [C, n_chunks, H]."""
     return _value_scan(xs, w, tokens, t)
 
 
-def _fwd(xs, w, tokens, t):
+def _fwd(
+    xs: Array, w: Array, tokens: Array, t: Array | None
+) -> tuple[tuple[Array, Array], tuple[Array, Array, Array, Array | None]]:
     return _value_scan(xs, w, tokens, t), (xs, w, tokens, t)
 
 
-def _bwd(res, g):
+def _bwd(
+    res: tuple[Array, Array, Array, Array | None], g: tuple[Array, Array]
+) -> tuple[Array, Array, None, Array | None]:
     """Recomputes each chunk's logits; the cotangent w.r.t. the log-probs goes
     through log_softmax(z / T) by the divergence kernel's rule. Gradients
     nobody asked for are dead code that XLA removes."""
@@ -59,7 +70,7 @@ def _bwd(res, g):
     dtype = u.compute_dtype(xs, w)
     mm = jnp.result_type(xs, w)
 
-    def step(acc, k):
+    def step(acc: dict[str, Array], k: Array) -> tuple[dict[str, Array], None]:
         xc, tok = _chunking.chunk(xs, k), _chunking.chunk(tokens, k)
         z = _chunking.dot(xc, w, 1, 0, dtype)
         a, s = _kernels.log_softmax(z, t)
@@ -75,7 +86,7 @@ def _bwd(res, g):
         acc = dict(acc)
         acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
         acc["w"] = acc["w"] + _chunking.dot(xc, dz, 0, 0, dtype, like=w)
-        if t is not None:
+        if dt is not None:  # a temperature is given
             acc["t"] = acc["t"] + jnp.sum(dt)
         return acc, None
 
@@ -91,7 +102,16 @@ _token_logprobs.defvjp(_fwd, _bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "entropy"))
-def _impl(x, w, tokens, temperature, where, *, chunk_size, entropy):
+def _impl(
+    x: Array,
+    w: Array,
+    tokens: Array,
+    temperature: ArrayLike | None,
+    where: ArrayLike | None,
+    *,
+    chunk_size: int | None,
+    entropy: bool,
+) -> Array | tuple[Array, Array]:
     dtype = u.compute_dtype(x, w)
     lay = _chunking.layout(x, w, chunk_size)
     mask = u.broadcast_where(where, lay.positions)
@@ -110,15 +130,15 @@ def _impl(x, w, tokens, temperature, where, *, chunk_size, entropy):
 
 
 def fused_linear_token_logprobs(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    tokens: jax.typing.ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    tokens: ArrayLike,
     *,
-    temperature: float | jax.typing.ArrayLike = 1.0,
-    where: jax.typing.ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    where: ArrayLike | None = None,
     chunk_size: int | None = None,
     entropy: bool = False,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> Array | tuple[Array, Array]:
     r"""Log-probabilities of given tokens under a linear head, chunked.
 
     .. math::

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxpenalties import _utils as u
+from jaxpenalties._types import PyTree
 from jaxpenalties.penalties import elastic_net, l1, l2
 
 
@@ -27,7 +28,9 @@ class PenaltyGradientState(NamedTuple):
     the state has the same structure whichever kind of weight is used.
     """
 
-    count: jax.Array
+    # `count` shadows tuple.count, which mypy reports as an override; the name
+    # is public (as in optax's states) and reading it works as expected.
+    count: jax.Array  # type: ignore[assignment]
 
 
 def _mask_is_callable(mask: Any) -> bool:
@@ -120,11 +123,13 @@ def add_penalty_gradient(
         )
     weight = u.check_weight("weight", weight)
 
-    def init_fn(params):
+    def init_fn(params: PyTree) -> PenaltyGradientState:
         del params
         return PenaltyGradientState(count=jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(
+        updates: PyTree, state: PenaltyGradientState, params: PyTree = None
+    ) -> tuple[PyTree, PenaltyGradientState]:
         if params is None:
             raise ValueError(
                 "add_penalty_gradient needs the params: call "
@@ -134,7 +139,7 @@ def add_penalty_gradient(
         leaves, treedef = jax.tree.flatten(params)
         selected = [True] * len(leaves) if mask is None else _leaf_mask(mask, params)
 
-        def penalty_of_selected(chosen):
+        def penalty_of_selected(chosen: list[Any]) -> jax.Array:
             it = iter(chosen)
             full = [next(it) if s else x for x, s in zip(leaves, selected, strict=True)]
             return penalty_fn(jax.tree.unflatten(treedef, full))
@@ -142,7 +147,9 @@ def add_penalty_gradient(
         chosen = [x for x, s in zip(leaves, selected, strict=True) if s]
         grads = iter(jax.grad(penalty_of_selected)(chosen))
         flat_updates, updates_def = jax.tree.flatten(updates)
-        if updates_def != treedef:
+        # JAX annotates tree structures with `PyTreeDef`, a variable alias that
+        # mypy cannot resolve as a type: comparing two is an error to it only.
+        if updates_def != treedef:  # type: ignore[operator]
             raise ValueError(
                 "Expected `updates` and `params` to have the same structure, got "
                 f"{updates_def} and {treedef}."
@@ -160,7 +167,7 @@ def add_penalty_gradient(
 class L2SPState(NamedTuple):
     """State of :func:`add_l2_sp_decay`: the update count and the centre."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as above
     center: Any
 
 
@@ -200,15 +207,18 @@ def add_l2_sp_decay(
     """
     weight = u.check_weight("weight", weight)
 
-    def init_fn(params):
-        if jax.tree.structure(params) != jax.tree.structure(center):
+    def init_fn(params: PyTree) -> L2SPState:
+        # (PyTreeDef: see add_penalty_gradient.)
+        if jax.tree.structure(params) != jax.tree.structure(center):  # type: ignore[operator]
             raise ValueError(
                 "Expected `center` to have the structure of the params, got "
                 f"{jax.tree.structure(center)} and {jax.tree.structure(params)}."
             )
         return L2SPState(count=jnp.zeros([], jnp.int32), center=center)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(
+        updates: PyTree, state: L2SPState, params: PyTree = None
+    ) -> tuple[PyTree, L2SPState]:
         if params is None:
             raise ValueError(
                 "add_l2_sp_decay needs the params: call `update(updates, state, "

@@ -33,7 +33,7 @@ def materialised(kind, x, w, rx, rw, *, soft, hard, eps, reduction, **kw):
     ce_rows = jnp.where(kept, (1 - eps) * nll - eps * jnp.mean(a, -1), 0.0)
     ce = jnp.sum(ce_rows)
     if reduction == "mean":
-        ce = ce / jnp.sum(kept)
+        ce = ce / jnp.sum(kept, dtype=ce.dtype)
     return soft * div + hard * ce, {"divergence": div, "cross_entropy": ce}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
+from tests.helpers import position_weighted_sum
 
 H, V, K = 5, 13, 4
 
@@ -41,14 +42,15 @@ def test_matches_the_dense_student_in_float64(kind, kw):
     }[kind]
     dense = {"kl": jp.sparse_kl_divergence, "js": jp.sparse_js_divergence}[kind]
 
-    def scalar(v):
-        return jnp.sum(v * jnp.arange(1, v.size + 1).reshape(v.shape))
-
     def f(x, w, t):
-        return scalar(fused(x, w, idx, t, where=WHERE, chunk_size=3, **kw))
+        return position_weighted_sum(
+            fused(x, w, idx, t, where=WHERE, chunk_size=3, **kw)
+        )
 
     def g(x, w, t):
-        return scalar(dense(jax.nn.log_softmax(x @ w), idx, t, where=WHERE, **kw))
+        return position_weighted_sum(
+            dense(jax.nn.log_softmax(x @ w), idx, t, where=WHERE, **kw)
+        )
 
     with jax.enable_x64(True):
         x, w, idx, t = inputs()

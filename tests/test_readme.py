@@ -4,6 +4,8 @@ its links resolve, and its quickstart runs as written."""
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -46,6 +48,9 @@ def test_readme_is_short_and_its_links_resolve():
             assert f"(docs/{page.name})" in text, page.name
 
 
+# The quickstart is user code under JAX's default promotion (optax's Adam
+# computes `decay ** count`; the loss multiplies by a boolean mask).
+@pytest.mark.standard_promotion
 def test_quickstart_runs(capsys):
     code = _first_python_block_under("## Quickstart: a regularised, jitted train step")
     namespace: dict = {"__name__": "readme_example"}

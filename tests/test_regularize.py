@@ -106,7 +106,7 @@ def hand_written(params, batch, pretrained, step):
     del q
     ent_rows = -jnp.sum(p * logprobs, -1)
     m = batch["mask"]
-    ent = jnp.sum(jnp.where(m, ent_rows, 0.0)) / jnp.sum(m)
+    ent = jnp.sum(jnp.where(m, ent_rows, 0.0)) / jnp.sum(m, dtype=ent_rows.dtype)
     l2sp = sum(jnp.sum((params[k] - pretrained[k]) ** 2) for k in sorted(params))
     activity = 2.0 * jnp.mean(hidden**2)
     w_act = step / 10.0
@@ -367,7 +367,10 @@ class TestWeights:
             (total, aux), grads = jax.value_and_grad(f, has_aux=True)(
                 params, batch, step=step, weights=weights
             )
-            updates, opt_state = opt.update(grads, opt_state, params)
+            # optax.adam computes `decay ** count` (a Python float to an int32
+            # power), which strict promotion rejects: standard for optax only.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, aux
 
         opt_state = opt.init(params)
@@ -463,7 +466,8 @@ def test_kl_to_base_keeps_finetuned_model_close():
             def step(carry, _):
                 params, opt_state = carry
                 grads, _ = jax.grad(f, has_aux=True)(params, batch, weights=weights)
-                updates, opt_state = opt.update(grads, opt_state, params)
+                with jax.numpy_dtype_promotion("standard"):  # optax.adam's decay**count
+                    updates, opt_state = opt.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), None
 
             carry = (params, opt.init(params))

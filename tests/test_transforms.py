@@ -116,12 +116,16 @@ class TestComposition:
 
         @jax.jit
         def step(p, state, i):
-            updates, state = tx.update(task_grads(p, i), state, p)
+            # optax's Adam computes `decay ** count` (a Python float to an int32
+            # power), which strict promotion rejects: standard for optax only.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, state = tx.update(task_grads(p, i), state, p)
             return optax.apply_updates(p, updates), state
 
         @jax.jit
         def manual_step(p, adam_state, i):
-            direction, adam_state = adam.update(task_grads(p, i), adam_state, p)
+            with jax.numpy_dtype_promotion("standard"):  # as above
+                direction, adam_state = adam.update(task_grads(p, i), adam_state, p)
             new = jax.tree.map(
                 lambda x, d: x - lr * (d + w * (2 * x + 0.5 * jnp.sign(x))),
                 p,

@@ -30,6 +30,18 @@ def test_mypy_clean_on_the_package_and_strict_on_options(tmp_path):
         "jp.orthogonality(x, mode='spectral', axis='rows')\n"
         "jp.aggregate(x, mode='token_mean')\n"
         "jp.l1(x, reduction='avg')\n"
+        # The overloads on `extremes`: one array, a pair, or (for a bool only
+        # known at run time) either.
+        "import jax\n"
+        "value: jax.Array = jp.kl_divergence(x, x)\n"
+        "total, metrics = jp.entropy(x, extremes=True)\n"
+        "peak: jax.Array = metrics['max']\n"
+        "flag = bool(x.sum())\n"
+        "either: jax.Array | tuple[jax.Array, dict[str, jax.Array]]\n"
+        "either = jp.kl_estimate(x, x, extremes=flag)\n"
+        "pair: tuple[jax.Array, dict[str, jax.Array]] = jp.js_divergence(\n"
+        "    x, x, extremes=True\n"
+        ")\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "jaxpenalties", str(user)],
@@ -59,57 +71,64 @@ _KEY = {"key": jax.random.key(0)}
 _XS = (_X,)
 _PAIR = (_X, _X)
 _LOGP_PAIR = (_LOGP, _LOGP)
+_SPARSE_HEAD = (_X, _X, _IDS, _LOGP[:, :1])
 
 # (public function, valid positional arrays, other keyword arguments, option,
-#  alias of its valid values, whether its module annotates it with the alias)
+#  alias of its valid values)
 OPTIONS = [
-    (jp.aggregate, _XS, {}, "mode", t.AggregationMode, True),
-    (jp.orthogonality, _XS, {}, "mode", t.OrthogonalityMode, True),
-    (jp.orthogonality, (_X[None],), {}, "axis", t.OrthogonalityAxis, True),
-    (jp.consistency, _PAIR, {}, "metric", t.ConsistencyMetric, True),
-    (jp.consistency, _PAIR, {}, "reduction", t.Reduction, True),
-    (jp.l1, _XS, {}, "reduction", t.ParamReduction, True),
-    (jp.l2, _XS, {}, "reduction", t.ParamReduction, True),
-    (jp.elastic_net, _XS, {}, "reduction", t.ParamReduction, True),
-    (jp.gradient_penalty, (_fn, _X), {}, "reduction", t.Reduction, True),
+    (jp.aggregate, _XS, {}, "mode", t.AggregationMode),
+    (jp.orthogonality, _XS, {}, "mode", t.OrthogonalityMode),
+    (jp.orthogonality, (_X[None],), {}, "axis", t.OrthogonalityAxis),
+    (jp.consistency, _PAIR, {}, "metric", t.ConsistencyMetric),
+    (jp.consistency, _PAIR, {}, "reduction", t.Reduction),
+    (jp.l1, _XS, {}, "reduction", t.ParamReduction),
+    (jp.l2, _XS, {}, "reduction", t.ParamReduction),
+    (jp.elastic_net, _XS, {}, "reduction", t.ParamReduction),
+    (jp.gradient_penalty, (_fn, _X), {}, "reduction", t.Reduction),
     (
         jp.interpolated_gradient_penalty,
         (_fn, _X, _X),
         _KEY,
         "reduction",
         t.Reduction,
-        True,
     ),
-    (jp.output_magnitude_penalty, _XS, {}, "reduction", t.Reduction, True),
-    (jp.kl_penalized_rewards, (*_PAIR, _X, 0.1), {}, "estimator", t.Estimator, True),
-    (jp.kl_divergence, _LOGP_PAIR, {}, "direction", t.Direction, False),
-    (jp.kl_divergence, _LOGP_PAIR, {}, "reduction", t.Reduction, False),
-    (jp.js_divergence, _LOGP_PAIR, {}, "reduction", t.Reduction, False),
-    (jp.entropy, (_LOGP,), {}, "mode", t.EntropyMode, False),
-    (jp.kl_estimate, _PAIR, {}, "estimator", t.Estimator, False),
-    (jp.kl_estimate, _PAIR, {}, "reduction", t.Reduction, False),
-    (jp.sparse_kl_divergence, (_LOGP, _IDS, _LOGP[:, :1]), {}, "tail", t.Tail, False),
+    (jp.output_magnitude_penalty, _XS, {}, "reduction", t.Reduction),
+    (jp.kl_penalized_rewards, (*_PAIR, _X, 0.1), {}, "estimator", t.Estimator),
+    (jp.kl_divergence, _LOGP_PAIR, {}, "direction", t.Direction),
+    (jp.kl_divergence, _LOGP_PAIR, {}, "reduction", t.Reduction),
+    (jp.js_divergence, _LOGP_PAIR, {}, "reduction", t.Reduction),
+    (jp.entropy, (_LOGP,), {}, "mode", t.EntropyMode),
+    (jp.kl_estimate, _PAIR, {}, "estimator", t.Estimator),
+    (jp.kl_estimate, _PAIR, {}, "reduction", t.Reduction),
+    (
+        jp.sparse_kl_divergence,
+        (_LOGP, _IDS, _LOGP[:, :1]),
+        {},
+        "direction",
+        t.Direction,
+    ),
+    (jp.sparse_kl_divergence, (_LOGP, _IDS, _LOGP[:, :1]), {}, "tail", t.Tail),
+    (jp.sparse_js_divergence, (_LOGP, _IDS, _LOGP[:, :1]), {}, "tail", t.Tail),
+    (
+        jp.sparse_js_divergence,
+        (_LOGP, _IDS, _LOGP[:, :1]),
+        {},
+        "reduction",
+        t.Reduction,
+    ),
+    (jp.fused_linear_kl_divergence, (_X,) * 4, {}, "direction", t.Direction),
+    (jp.fused_linear_kl_divergence, (_X,) * 4, {}, "reduction", t.Reduction),
+    (jp.fused_linear_js_divergence, (_X,) * 4, {}, "reduction", t.Reduction),
+    (jp.fused_linear_sparse_kl_divergence, _SPARSE_HEAD, {}, "tail", t.Tail),
+    (jp.fused_linear_sparse_kl_divergence, _SPARSE_HEAD, {}, "direction", t.Direction),
+    (jp.fused_linear_sparse_js_divergence, _SPARSE_HEAD, {}, "reduction", t.Reduction),
+]
+_PARAMS = [
+    pytest.param(*entry, id=f"{entry[0].__name__}-{entry[3]}") for entry in OPTIONS
 ]
 
 
-def _param(fn, args, kwargs, option, alias, annotated):
-    marks = ()
-    if not annotated:
-        # Annotated with `str` for now; strict, so annotating it with the alias
-        # makes this fail as a reminder to set the flag to True.
-        marks = pytest.mark.xfail(strict=True, reason="option typed as str")
-    return pytest.param(
-        fn, args, kwargs, option, alias, id=f"{fn.__name__}-{option}", marks=marks
-    )
-
-
-@pytest.mark.parametrize(
-    "fn, args, kwargs, option, alias",
-    [
-        pytest.param(*entry[:5], id=f"{entry[0].__name__}-{entry[3]}")
-        for entry in OPTIONS
-    ],
-)
+@pytest.mark.parametrize("fn, args, kwargs, option, alias", _PARAMS)
 def test_runtime_check_lists_the_alias_values(fn, args, kwargs, option, alias):
     # check_option's message prints the tuple of values it accepts: it must be
     # exactly the alias's values, in its order.
@@ -119,9 +138,7 @@ def test_runtime_check_lists_the_alias_values(fn, args, kwargs, option, alias):
     assert f"one of {valid!r}" in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "fn, args, kwargs, option, alias", [_param(*entry) for entry in OPTIONS]
-)
+@pytest.mark.parametrize("fn, args, kwargs, option, alias", _PARAMS)
 def test_signature_uses_the_alias(fn, args, kwargs, option, alias):
     del args, kwargs
     assert typing.get_type_hints(fn)[option] == alias
