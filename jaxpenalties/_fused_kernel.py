@@ -1,10 +1,10 @@
-"""Private: the per-chunk maths of the fused linear-head divergences and their
+"""Private: the chunked scans of the fused linear-head divergences and their
 derivative rules.
 
 Hidden states arrive laid out in chunks by :mod:`jaxpenalties._chunking`
 ([C, n_chunks, H]); one ``lax.scan`` forms each chunk's logits, the
-divergence kernel of :mod:`jaxpenalties._kernels` gives its per-position
-values, and the rules below give the gradients:
+divergence kernel (through :mod:`jaxpenalties._fused_chunk`) gives its
+per-position values, and the rules below give the gradients:
 
 * :func:`fused_total` (``reduction="mean"`` / ``"sum"``, and hard labels): a
   ``jax.custom_jvp`` whose rule computes the value and the gradients in the
@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _chunking, _kernels
+from jaxpenalties import _chunking, _fused_chunk
 from jaxpenalties._types import Array
 
 # ----------------------------------------------------------------------------
-# Per-chunk math
+# The structures the scans and rules pass around
 # ----------------------------------------------------------------------------
 
 
@@ -66,73 +66,6 @@ class Config(NamedTuple):
     smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
 
 
-def _chunk_values(
-    kind: str, has_t: bool, z: Array, rz: Array, t: Array, beta: Array
-) -> Array:
-    """Per-position divergence [C] from the logits [C, V] of both heads (the
-    kernel normalises them, tempered by ``t`` when ``has_t``)."""
-    a, b = (rz, z) if kind == "reverse" else (z, rz)
-    kernel_kind = "forward" if kind == "reverse" else kind
-    return _kernels.divergence(
-        kernel_kind,
-        True,
-        a,
-        b,
-        None,
-        t if has_t else None,
-        beta if kind == "js" else None,
-    )
-
-
-def _chunk_grads(
-    kind: str,
-    has_t: bool,
-    need_t: bool,
-    z: Array,
-    rz: Array,
-    t: Array,
-    beta: Array,
-    g: Array,
-) -> tuple[Array, Array, Array, Array | None]:
-    """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
-    [C, V] (and t), from the kernel's analytic VJP."""
-    if has_t and need_t:
-        values, vjp = jax.vjp(
-            lambda z, rz, t: _chunk_values(kind, True, z, rz, t, beta), z, rz, t
-        )
-        dz, drz, dt = vjp(g)
-        return values, dz, drz, dt
-    values, vjp = jax.vjp(
-        lambda z, rz: _chunk_values(kind, has_t, z, rz, t, beta), z, rz
-    )
-    dz, drz = vjp(g)
-    return values, dz, drz, None
-
-
-def _cross_entropy(z: Array, labels: Array, smoothing: float) -> tuple[Array, Array]:
-    """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
-    smoothing ε, and its gradient w.r.t. z but for the label term:
-    CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
-    """
-    # Row statistics only ([C, 1]); every [C, V] expression below reads z
-    # directly, so each fuses into its consumer instead of being stored.
-    top = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    lse = top + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True))
-    z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)
-    ce = (1 - smoothing) * (lse - z_y) + smoothing * (
-        lse - jnp.mean(z, axis=-1, keepdims=True)
-    )
-    # ∂/∂z without the label term, which the caller scatters in (no [C, V]
-    # one-hot: a compare-and-select over the chunk costs XLA:CPU its fusion).
-    return ce[:, 0], jnp.exp(z - lse) - smoothing / z.shape[-1]
-
-
-def _add_label_term(dz: Array, labels: Array, scale: Array) -> Array:
-    """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
-    rows = jnp.arange(dz.shape[0])
-    return dz.at[rows, labels].add(-scale)
-
-
 def _matmul_dtype(*arrays: Array) -> jnp.dtype:
     """The dtype the backward matmuls run in: the inputs' own (bf16 stays bf16,
     accumulated in float32), as a bf16 matmul's autodiff does."""
@@ -157,10 +90,12 @@ def _value_scan(
     def step(carry: None, k: Array) -> tuple[None, Any]:
         z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
         rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
-        values = _chunk_values(kind, has_t, z, rz, t, beta)
+        values = _fused_chunk.chunk_values(kind, has_t, z, rz, t, beta)
         if hard is None:
             return carry, values
-        ce, _ = _cross_entropy(z, _chunking.chunk(hard[0], k), config.smoothing)
+        ce, _ = _fused_chunk.cross_entropy(
+            z, _chunking.chunk(hard[0], k), config.smoothing
+        )
         return carry, (values, ce)
 
     _, values = lax.scan(step, None, jnp.arange(x.shape[1]))
@@ -217,17 +152,17 @@ def _grad_scan(
         )
         z = _chunking.dot(xc, w, 1, 0, dtype)
         rz = _chunking.dot(rxc, rw, 1, 0, dtype)
-        div, dz, drz, dt = _chunk_grads(
+        div, dz, drz, dt = _fused_chunk.chunk_grads(
             kind, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
         )
         values: Any = div
         if hard is not None:
             labels, ce_weights = hard
             labels_k = _chunking.chunk(labels, k)
-            ce, dce = _cross_entropy(z, labels_k, config.smoothing)
+            ce, dce = _fused_chunk.cross_entropy(z, labels_k, config.smoothing)
             hw = _chunking.chunk(ce_weights, k).astype(dtype)
             dz = dz + hw[:, None] * dce
-            dz = _add_label_term(dz, labels_k, hw * (1 - config.smoothing))
+            dz = _fused_chunk.add_label_term(dz, labels_k, hw * (1 - config.smoothing))
             values = (div, ce)
         # The backward matmuls take dz in the matmul dtype (bf16 for a bf16
         # head: never a float32 copy of w) and accumulate in float32.

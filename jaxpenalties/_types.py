@@ -11,7 +11,7 @@ these aliases (or are tested against them), so both say the same thing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict
 
 import jax
 
@@ -94,3 +94,50 @@ OrthogonalityAxis: TypeAlias = Literal["rows", "sequence", "vocabulary"]
 
 ConsistencyMetric: TypeAlias = Literal["mse", "l1", "cosine", "kl"]
 """How :func:`jaxpenalties.consistency` compares paired outputs."""
+
+# --- Keyword options, for the overloads on ``extremes`` ------------------------
+# The public functions spell every option out; their ``typing.overload`` stubs
+# (one array without ``extremes``, ``(value, metrics)`` with it) take the other
+# options as ``**options: Unpack[...]`` of these.
+
+WithExtremes: TypeAlias = tuple[jax.Array, dict[str, jax.Array]]
+"""A value and its ``{"max", "min"}`` over kept positions (``extremes=True``)."""
+
+
+class _PositionOptions(TypedDict, total=False):
+    reduction: Reduction
+    where: ArrayLike | None
+
+
+class _DistributionOptions(_PositionOptions, total=False):
+    temperature: float | ArrayLike
+    axis: int
+    from_logits: bool
+
+
+class KLOptions(_DistributionOptions, total=False):
+    """The options of :func:`jaxpenalties.kl_divergence` but ``extremes``."""
+
+    direction: Direction
+    symmetric: bool
+
+
+class JSOptions(_DistributionOptions, total=False):
+    """The options of :func:`jaxpenalties.js_divergence` but ``extremes``."""
+
+    beta: float
+
+
+class EntropyOptions(_DistributionOptions, total=False):
+    """The options of :func:`jaxpenalties.entropy` but ``extremes``."""
+
+    mode: EntropyMode
+    normalize: bool
+
+
+class EstimateOptions(_PositionOptions, total=False):
+    """The options of :func:`jaxpenalties.kl_estimate` but ``extremes``."""
+
+    estimator: Estimator
+    max_log_ratio: float | None
+    max_value: float | None

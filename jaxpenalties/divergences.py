@@ -7,98 +7,21 @@ entropy over a distribution axis (the vocabulary axis of an LM), with
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Literal, overload
+from typing import Literal, Unpack, overload
 
-import jax
-import jax.numpy as jnp
-
-from jaxpenalties import _checks, _kernels
+from jaxpenalties import _checks, _divergence_core
 from jaxpenalties import _utils as u
 from jaxpenalties._types import (
     Array,
     ArrayLike,
     Direction,
     EntropyMode,
+    EntropyOptions,
+    JSOptions,
+    KLOptions,
     Reduction,
 )
-
-_WithExtremes = tuple[Array, dict[str, Array]]
-
-# ----------------------------------------------------------------------------
-# Shared by the three functions: validation (eager, at trace time), then one
-# jitted core.
-# ----------------------------------------------------------------------------
-
-
-def _checked_run(
-    kind: str,
-    xs: tuple[Array, ...],
-    beta: float | None,
-    temperature: Any,
-    where: ArrayLike | None,
-    reduction: str,
-    axis: int,
-    **options: bool,
-) -> Array | _WithExtremes:
-    """Validates the options every function has, then runs the jitted core;
-    ``options`` are its remaining static ones (``from_logits``, ``extremes``,
-    and entropy's ``normalize`` and ``negate``)."""
-    temperature = _checks.check_temperature(temperature)
-    u.check_bool("from_logits", options["from_logits"])
-    u.check_bool("extremes", options["extremes"])
-    return _impl(
-        xs,
-        temperature,
-        beta,
-        where,
-        kind=kind,
-        reduction=reduction,
-        axis=axis,
-        **options,
-    )
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "kind",
-        "reduction",
-        "axis",
-        "from_logits",
-        "extremes",
-        "normalize",
-        "negate",
-    ),
-)
-def _impl(
-    xs: tuple[Array, ...],
-    temperature: ArrayLike | None,
-    beta: float | None,
-    where: ArrayLike | None,
-    *,
-    kind: str,
-    reduction: str,
-    axis: int,
-    from_logits: bool,
-    extremes: bool,
-    normalize: bool = False,
-    negate: bool = False,
-) -> Array | _WithExtremes:
-    """Moves ``axis`` last and runs the kernel on the arrays as given: the
-    upcast, the mask and the temperature happen inside its fusions."""
-    xs = tuple(jnp.moveaxis(v, axis, -1) for v in xs)
-    mask = u.broadcast_where(where, xs[0].shape[:-1])
-    dtype = u.compute_dtype(*xs)
-    t = None if temperature is None else jnp.asarray(temperature, dtype)
-    b_ = None if beta is None else jnp.asarray(beta, dtype)
-    b = xs[1] if len(xs) > 1 else None
-    values = _kernels.divergence(kind, from_logits, xs[0], b, mask, t, b_)
-    if normalize:
-        values = values / jnp.log(jnp.asarray(xs[0].shape[-1], values.dtype))
-    if negate:
-        values = -values
-    return u.reduce_with_extremes(values, reduction, mask, extremes)
+from jaxpenalties._types import WithExtremes as _WithExtremes
 
 
 @overload
@@ -106,14 +29,8 @@ def kl_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    direction: Direction = "forward",
-    symmetric: bool = False,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[False] = False,
+    **options: Unpack[KLOptions],
 ) -> Array: ...
 
 
@@ -122,14 +39,8 @@ def kl_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    direction: Direction = "forward",
-    symmetric: bool = False,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[True],
+    **options: Unpack[KLOptions],
 ) -> _WithExtremes: ...
 
 
@@ -138,14 +49,8 @@ def kl_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    direction: Direction = "forward",
-    symmetric: bool = False,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: bool = False,
+    **options: Unpack[KLOptions],
 ) -> Array | _WithExtremes: ...
 
 
@@ -224,7 +129,7 @@ def kl_divergence(
     else:
         kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
     options = dict(from_logits=from_logits, extremes=extremes)
-    return _checked_run(
+    return _divergence_core.run(
         kind, pair, None, temperature, where, reduction, axis, **options
     )
 
@@ -234,13 +139,8 @@ def js_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    beta: float = 0.5,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[False] = False,
+    **options: Unpack[JSOptions],
 ) -> Array: ...
 
 
@@ -249,13 +149,8 @@ def js_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    beta: float = 0.5,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[True],
+    **options: Unpack[JSOptions],
 ) -> _WithExtremes: ...
 
 
@@ -264,13 +159,8 @@ def js_divergence(
     p_logprobs: ArrayLike,
     q_logprobs: ArrayLike,
     *,
-    beta: float = 0.5,
-    temperature: float | ArrayLike = 1.0,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: bool = False,
+    **options: Unpack[JSOptions],
 ) -> Array | _WithExtremes: ...
 
 
@@ -338,7 +228,7 @@ def js_divergence(
     u.check_option("reduction", reduction, u.REDUCTIONS)
     p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
     options = dict(from_logits=from_logits, extremes=extremes)
-    return _checked_run(
+    return _divergence_core.run(
         "js", (p, q), beta, temperature, where, reduction, axis, **options
     )
 
@@ -347,14 +237,8 @@ def js_divergence(
 def entropy(
     logprobs: ArrayLike,
     *,
-    mode: EntropyMode = "bonus",
-    temperature: float | ArrayLike = 1.0,
-    normalize: bool = False,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[False] = False,
+    **options: Unpack[EntropyOptions],
 ) -> Array: ...
 
 
@@ -362,14 +246,8 @@ def entropy(
 def entropy(
     logprobs: ArrayLike,
     *,
-    mode: EntropyMode = "bonus",
-    temperature: float | ArrayLike = 1.0,
-    normalize: bool = False,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: Literal[True],
+    **options: Unpack[EntropyOptions],
 ) -> _WithExtremes: ...
 
 
@@ -377,14 +255,8 @@ def entropy(
 def entropy(
     logprobs: ArrayLike,
     *,
-    mode: EntropyMode = "bonus",
-    temperature: float | ArrayLike = 1.0,
-    normalize: bool = False,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
-    axis: int = -1,
-    from_logits: bool = False,
     extremes: bool = False,
+    **options: Unpack[EntropyOptions],
 ) -> Array | _WithExtremes: ...
 
 
@@ -454,6 +326,6 @@ def entropy(
         normalize=normalize,
         negate=mode == "penalty",
     )
-    return _checked_run(
+    return _divergence_core.run(
         "entropy", (x,), None, temperature, where, reduction, axis, **options
     )

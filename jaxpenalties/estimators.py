@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import functools
-from typing import Literal, overload
+from typing import Literal, Unpack, overload
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties import _utils as u
-from jaxpenalties._types import Array, ArrayLike, Estimator, Reduction
+from jaxpenalties._types import (
+    Array,
+    ArrayLike,
+    EstimateOptions,
+    Estimator,
+    Reduction,
+)
+from jaxpenalties._types import WithExtremes as _WithExtremes
 
 ESTIMATORS = ("k1", "k2", "k3")
-
-_WithExtremes = tuple[Array, dict[str, Array]]
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction", "extremes"))
@@ -70,12 +75,8 @@ def kl_estimate(
     logprobs: ArrayLike,
     ref_logprobs: ArrayLike,
     *,
-    estimator: Estimator = "k3",
-    max_log_ratio: float | None = None,
-    max_value: float | None = None,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
     extremes: Literal[False] = False,
+    **options: Unpack[EstimateOptions],
 ) -> Array: ...
 
 
@@ -84,12 +85,8 @@ def kl_estimate(
     logprobs: ArrayLike,
     ref_logprobs: ArrayLike,
     *,
-    estimator: Estimator = "k3",
-    max_log_ratio: float | None = None,
-    max_value: float | None = None,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
     extremes: Literal[True],
+    **options: Unpack[EstimateOptions],
 ) -> _WithExtremes: ...
 
 
@@ -98,12 +95,8 @@ def kl_estimate(
     logprobs: ArrayLike,
     ref_logprobs: ArrayLike,
     *,
-    estimator: Estimator = "k3",
-    max_log_ratio: float | None = None,
-    max_value: float | None = None,
-    reduction: Reduction = "mean",
-    where: ArrayLike | None = None,
     extremes: bool = False,
+    **options: Unpack[EstimateOptions],
 ) -> Array | _WithExtremes: ...
 
 
