@@ -20,16 +20,10 @@ With integer ``labels`` the same pass also gives the student's cross-entropy
 (distillation with hard labels): per chunk, its gradient is added to the
 divergence's logit cotangent before the backward matmuls.
 
-How the gradient is formed (private, measured in ``benchmarks/fused.py``):
-
-* ``reduction="mean"`` / ``"sum"``: a ``jax.custom_jvp`` computes the value and
-  the gradients in the *same* pass over the chunks (each chunk's logits are
-  formed once; dx per chunk, dw accumulated in float32), and the backward pass
-  only scales them by the incoming cotangent. Inputs that are not differentiated
-  (e.g. a frozen teacher) cost no gradient work. Forward mode works too.
-* ``reduction="none"``: the per-position cotangent is known only in the backward
-  pass, so the forward pass keeps only the inputs and the backward pass
-  recomputes each chunk's logits.
+The gradient: with ``reduction="mean"`` / ``"sum"`` a custom JVP rule forms the
+value and the gradients in one pass over the chunks (a frozen head costs no
+gradient work); with ``"none"`` the backward pass recomputes each chunk's
+logits (see :mod:`jaxpenalties._fused_kernel`, measured in ``benchmarks/fused.py``).
 
 Sharding: positions are split into chunks *strided* across the flattened
 position axis (position i belongs to chunk i mod n_chunks), so each chunk holds a
