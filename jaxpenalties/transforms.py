@@ -21,6 +21,14 @@ from jaxpenalties._types import PyTree
 from jaxpenalties.penalties import elastic_net, l1, l2
 
 
+def _require_params(transform: str, params: PyTree) -> None:
+    """The penalty transforms read the params: ``update`` must be given them."""
+    if params is None:
+        raise ValueError(
+            f"{transform} needs the params: call `update(updates, state, params)`."
+        )
+
+
 class PenaltyGradientState(NamedTuple):
     """State of :func:`add_penalty_gradient`: the number of updates so far.
 
@@ -130,11 +138,7 @@ def add_penalty_gradient(
     def update_fn(
         updates: PyTree, state: PenaltyGradientState, params: PyTree = None
     ) -> tuple[PyTree, PenaltyGradientState]:
-        if params is None:
-            raise ValueError(
-                "add_penalty_gradient needs the params: call "
-                "`update(updates, state, params)`."
-            )
+        _require_params("add_penalty_gradient", params)
         w = weight(state.count) if callable(weight) else weight
         leaves, treedef = jax.tree.flatten(params)
         selected = [True] * len(leaves) if mask is None else _leaf_mask(mask, params)
@@ -219,11 +223,7 @@ def add_l2_sp_decay(
     def update_fn(
         updates: PyTree, state: L2SPState, params: PyTree = None
     ) -> tuple[PyTree, L2SPState]:
-        if params is None:
-            raise ValueError(
-                "add_l2_sp_decay needs the params: call `update(updates, state, "
-                "params)`."
-            )
+        _require_params("add_l2_sp_decay", params)
         inner = add_penalty_gradient(
             lambda p: l2(p, center=state.center),
             weight,
