@@ -10,18 +10,18 @@ passed on as it is.
 from __future__ import annotations
 
 import numbers
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpenalties import _utils as u
-from jaxpenalties._types import Array
+from jaxpenalties._types import Array, Direction, EntropyMode, Tail
 
-DIRECTIONS = ("forward", "reverse")
-ENTROPY_MODES = ("bonus", "penalty")
-TAILS = ("renormalize", "bucket")
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+ENTROPY_MODES: tuple[str, ...] = get_args(EntropyMode)
+TAILS: tuple[str, ...] = get_args(Tail)
 
 _IntArray = TypeVar("_IntArray", jax.Array, np.ndarray)
 

@@ -32,6 +32,7 @@ def run(
     """Validates the options every function has, then runs the jitted core;
     ``options`` are its remaining static ones (``from_logits``, ``extremes``,
     and entropy's ``normalize`` and ``negate``)."""
+    u.check_option("reduction", reduction, u.REDUCTIONS)
     temperature = _checks.check_temperature(temperature)
     u.check_bool("from_logits", options["from_logits"])
     u.check_bool("extremes", options["extremes"])

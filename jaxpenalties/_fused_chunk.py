@@ -18,14 +18,14 @@ from jaxpenalties._types import Array
 
 
 def chunk_values(
-    kind: str, has_t: bool, z: Array, rz: Array, t: Array, beta: Array
+    kind: str, swap: bool, has_t: bool, z: Array, rz: Array, t: Array, beta: Array
 ) -> Array:
     """Per-position divergence [C] from the logits [C, V] of both heads (the
-    kernel normalises them, tempered by ``t`` when ``has_t``)."""
-    a, b = (rz, z) if kind == "reverse" else (z, rz)
-    kernel_kind = "forward" if kind == "reverse" else kind
+    kernel normalises them, tempered by ``t`` when ``has_t``); ``swap``
+    exchanges the heads (reverse KL)."""
+    a, b = (rz, z) if swap else (z, rz)
     return _kernels.divergence(
-        kernel_kind,
+        kind,
         True,
         a,
         b,
@@ -37,6 +37,7 @@ def chunk_values(
 
 def chunk_grads(
     kind: str,
+    swap: bool,
     has_t: bool,
     need_t: bool,
     z: Array,
@@ -49,12 +50,12 @@ def chunk_grads(
     [C, V] (and t), from the kernel's analytic VJP."""
     if has_t and need_t:
         values, vjp = jax.vjp(
-            lambda z, rz, t: chunk_values(kind, True, z, rz, t, beta), z, rz, t
+            lambda z, rz, t: chunk_values(kind, swap, True, z, rz, t, beta), z, rz, t
         )
         dz, drz, dt = vjp(g)
         return values, dz, drz, dt
     values, vjp = jax.vjp(
-        lambda z, rz: chunk_values(kind, has_t, z, rz, t, beta), z, rz
+        lambda z, rz: chunk_values(kind, swap, has_t, z, rz, t, beta), z, rz
     )
     dz, drz = vjp(g)
     return values, dz, drz, None

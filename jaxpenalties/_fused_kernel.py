@@ -60,7 +60,8 @@ class Config(NamedTuple):
     """The static facts of one fused call, read by name (hashable: the
     ``nondiff_argnums`` key of the derivative rules)."""
 
-    kind: str  # "forward", "reverse", "symmetric" or "js"
+    kind: str  # the kernel's kind: "forward", "symmetric" or "js"
+    swap: bool  # the heads exchanged (reverse KL)
     has_t: bool  # a temperature applies
     dtypes: PerInput  # the primal dtypes, which the gradients take
     smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
@@ -90,7 +91,7 @@ def _value_scan(
     def step(carry: None, k: Array) -> tuple[None, Any]:
         z = _chunking.dot(_chunking.chunk(x, k), w, 1, 0, dtype)
         rz = _chunking.dot(_chunking.chunk(rx, k), rw, 1, 0, dtype)
-        values = _fused_chunk.chunk_values(kind, has_t, z, rz, t, beta)
+        values = _fused_chunk.chunk_values(kind, config.swap, has_t, z, rz, t, beta)
         if hard is None:
             return carry, values
         ce, _ = _fused_chunk.cross_entropy(
@@ -153,7 +154,7 @@ def _grad_scan(
         z = _chunking.dot(xc, w, 1, 0, dtype)
         rz = _chunking.dot(rxc, rw, 1, 0, dtype)
         div, dz, drz, dt = _fused_chunk.chunk_grads(
-            kind, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
+            kind, config.swap, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
         )
         values: Any = div
         if hard is not None:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REDUCTIONS = ("mean", "sum", "none")
-PARAM_REDUCTIONS = ("sum", "mean")
+from jaxpenalties._types import ParamReduction, Reduction
+
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+PARAM_REDUCTIONS: tuple[str, ...] = get_args(ParamReduction)
 
 
 def _is_array_like_value(value: Any) -> bool:

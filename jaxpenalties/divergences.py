@@ -120,14 +120,9 @@ def kl_divergence(
     References:
       Kullback and Leibler, On Information and Sufficiency, 1951.
     """
-    u.check_option("direction", direction, _checks.DIRECTIONS)
-    u.check_bool("symmetric", symmetric)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
+    kind, swap = _checks.check_kl_direction(direction, symmetric)
     p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
-    if symmetric:
-        kind, pair = "symmetric", (p, q)
-    else:
-        kind, pair = "forward", ((p, q) if direction == "forward" else (q, p))
+    pair = (q, p) if swap else (p, q)
     options = dict(from_logits=from_logits, extremes=extremes)
     return _divergence_core.run(
         kind, pair, None, temperature, where, reduction, axis, **options
@@ -225,7 +220,6 @@ def js_divergence(
       Shannon entropy, 1991.
     """
     beta = _checks.check_beta(beta)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
     p, q, axis = _checks.check_pair(p_logprobs, q_logprobs, axis)
     options = dict(from_logits=from_logits, extremes=extremes)
     return _divergence_core.run(
@@ -312,7 +306,6 @@ def entropy(
     """
     u.check_option("mode", mode, _checks.ENTROPY_MODES)
     u.check_bool("normalize", normalize)
-    u.check_option("reduction", reduction, u.REDUCTIONS)
     x = u.check_floating("logprobs", logprobs)
     axis = u.normalize_axis(axis, x.ndim)
     if normalize and x.shape[axis] < 2:

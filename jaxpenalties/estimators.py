@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Literal, Unpack, overload
+from typing import Literal, Unpack, get_args, overload
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from jaxpenalties._types import (
 )
 from jaxpenalties._types import WithExtremes as _WithExtremes
 
-ESTIMATORS = ("k1", "k2", "k3")
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "reduction", "extremes"))

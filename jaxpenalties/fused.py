@@ -57,6 +57,7 @@ from jaxpenalties._types import Array, ArrayLike, Direction, Reduction
 def _fused(
     heads: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
     kind: str,
+    swap: bool,
     beta: float | None,
     temperature: float | ArrayLike,
     reduction: str,
@@ -80,6 +81,7 @@ def _fused(
         beta,
         where,
         kind=kind,
+        swap=swap,
         reduction=reduction,
         chunk_size=chunk_size,
         **hard_options,
@@ -90,6 +92,7 @@ def _fused(
     jax.jit,
     static_argnames=(
         "kind",
+        "swap",
         "reduction",
         "chunk_size",
         "ignore_index",
@@ -109,6 +112,7 @@ def _fused_impl(
     hard_weight: ArrayLike | None = None,
     *,
     kind: str,
+    swap: bool,
     reduction: str,
     chunk_size: int | None,
     ignore_index: int = -100,
@@ -126,6 +130,7 @@ def _fused_impl(
     beta = jnp.asarray(0.5 if beta is None else beta, dtype)
     config = fk.Config(
         kind=kind,
+        swap=swap,
         has_t=has_t,
         dtypes=fk.PerInput(x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype),
         smoothing=label_smoothing,
@@ -169,7 +174,7 @@ def _distill(
         soft_scale, hard_scale = soft_weight, hard_weight
     div_weights = lay.chunked(valid).astype(dtype) * soft_scale
     ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
-    safe_labels = jnp.where(kept, labels, 0).astype(jnp.int32)
+    safe_labels = u.sanitize(labels, kept).astype(jnp.int32)
     hard = (lay.chunked(safe_labels), ce_weights)
     total, (div, ce) = fk.fused_total(config, *heads, div_weights, hard)
     div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
@@ -276,12 +281,12 @@ def fused_linear_kl_divergence(
       (fused linear cross-entropy / JSD). Hinton et al., Distilling the
       Knowledge in a Neural Network, 2015.
     """
-    u.check_option("direction", direction, _checks.DIRECTIONS)
-    u.check_bool("symmetric", symmetric)
-    kind = "symmetric" if symmetric else direction
+    kind, swap = _checks.check_kl_direction(direction, symmetric)
     heads = (x, w, ref_x, ref_w)
     hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
-    return _fused(heads, kind, None, temperature, reduction, where, chunk_size, hard)
+    return _fused(
+        heads, kind, swap, None, temperature, reduction, where, chunk_size, hard
+    )
 
 
 def fused_linear_js_divergence(
@@ -355,4 +360,6 @@ def fused_linear_js_divergence(
     beta = _checks.check_beta(beta)
     heads = (x, w, ref_x, ref_w)
     hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
-    return _fused(heads, "js", beta, temperature, reduction, where, chunk_size, hard)
+    return _fused(
+        heads, "js", False, beta, temperature, reduction, where, chunk_size, hard
+    )

@@ -117,15 +117,13 @@ def _impl(
     mask = u.broadcast_where(where, lay.positions)
     xs = lay.chunked(u.sanitize(x, mask))
     vocab = w.shape[1]
-    safe = jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32)
-    if mask is not None:
-        safe = jnp.where(mask, safe, 0)
+    safe = u.sanitize(jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32), mask)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
     logp, ent = _token_logprobs(xs, w, lay.chunked(safe), t)
-    logp, ent = lay.unchunked(logp), lay.unchunked(ent)
-    if mask is not None:
-        logp = jnp.where(mask, logp, jnp.zeros((), logp.dtype))
-        ent = jnp.where(mask, ent, jnp.zeros((), ent.dtype))
+    logp, ent = (
+        u.sanitize(lay.unchunked(logp), mask),
+        u.sanitize(lay.unchunked(ent), mask),
+    )
     return (logp, ent) if entropy else logp
 
 

@@ -85,7 +85,11 @@ def test_float32_jit_and_frozen_teacher():
         rx, rw = jax.lax.stop_gradient((rx, rw))
         return fused("js", x, w, rx, rw, **kw)
 
-    (v, m), g = jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(*args)
+    (v, m), (*g, grx, grw) = jax.jit(jax.value_and_grad(f, (0, 1, 2, 3), has_aux=True))(
+        *args
+    )
+    # The frozen teacher gets exactly zero gradient.
+    assert not np.any(np.asarray(grx)) and not np.any(np.asarray(grw))
     (ve, me), ge = jax.value_and_grad(
         functools.partial(materialised, "js", **kw), (0, 1), has_aux=True
     )(*args)
