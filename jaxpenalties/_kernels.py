@@ -71,20 +71,31 @@ def _sum(x: Array) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def shifted(x: Array, t: Array | None) -> Array:
-    """(x − max x) / T: ≤ 0, exactly 0 at the maximum. A tiny T sends every
-    other entry to −inf (the greedy limit) instead of overflowing to NaN."""
+def row_stats(x: Array, t: Array | None) -> tuple[Array, Array]:
+    """The row statistics of ``log_softmax(x / T)``, each [..., 1]: the row
+    maximum (0 where it is not finite) and log Σ exp((x − max) / T)."""
     top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
+    s = _shift(x, top, t)
+    return top, jnp.log(_sum(jnp.exp(s))[..., None])
+
+
+def _shift(x: Array, top: Array, t: Array | None) -> Array:
+    """(x − max x) / T: ≤ 0, exactly 0 at the maximum. A tiny T sends every
+    other entry to −inf (the greedy limit) instead of overflowing to NaN."""
     s = x - top
     return s if t is None else s / _at_least_tiny(t)
 
 
-def log_softmax(x: Array, t: Array | None) -> tuple[Array, Array]:
+def log_softmax(
+    x: Array, t: Array | None, stats: tuple[Array, Array] | None = None
+) -> tuple[Array, Array]:
     """``log_softmax(x / T)`` over the last axis (T = 1 for None), and the
-    shifted tempered logits ``s`` it is formed from."""
-    s = shifted(x, t)
-    return s - jnp.log(_sum(jnp.exp(s))[..., None]), s
+    shifted tempered logits ``s`` it is formed from; ``stats``: the row
+    statistics of ``x`` when already known."""
+    top, lse = row_stats(x, t) if stats is None else stats
+    s = _shift(x, top, t)
+    return s - lse, s
 
 
 def _at_least_tiny(t: Array) -> Array:
@@ -93,29 +104,76 @@ def _at_least_tiny(t: Array) -> Array:
     return jnp.maximum(t, jnp.finfo(t.dtype).tiny)
 
 
+def _read(x: Array, mask: Array | None, dtype: Any) -> Array:
+    """The input as the kernel reads it: masked rows zeroed, upcast (fused)."""
+    return u.sanitize(x, mask).astype(dtype)
+
+
+def _normalises(logits: bool, t: Array | None) -> bool:
+    return logits or t is not None
+
+
 def _log_probs(
-    x: Array, mask: Array | None, t: Array | None, logits: bool, dtype: Any
+    x: Array,
+    mask: Array | None,
+    t: Array | None,
+    logits: bool,
+    dtype: Any,
+    stats: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array, Array | None]:
     """The log-probabilities the kernel uses, those of the normalised form
     (equal unless ``x`` is used as given at T = 1), and the shifted tempered
     logits ``s`` (None when ``x`` is used as given)."""
-    x = u.sanitize(x, mask).astype(dtype)
-    if t is None and not logits:
+    x = _read(x, mask, dtype)
+    if not _normalises(logits, t):
         return x, x, None
-    normalised, s = log_softmax(x, t)
+    normalised, s = log_softmax(x, t, stats)
     if logits:
         return normalised, normalised, s
     return jnp.where(t == 1, x, normalised), normalised, s
 
 
+def independent(tree: Any, view: int) -> Any:
+    """The same arrays, which XLA cannot identify with the originals (nor
+    with another ``view`` number's).
+
+    An [..., V] expression built from them is a new expression: XLA computes
+    it inside the fusion that consumes it instead of computing it once and
+    storing it for several consumers (GPU fusion keeps an expensive shared
+    expression, e.g. the JS mixture, in a float32 [N, V] buffer between
+    kernels). Each consumer of a gradient coefficient (a row sum and the
+    elementwise gradient) reads the inputs through its own view, so the
+    gradient stays at the memory floor: the inputs read, the gradient written.
+    On the CPU, where re-reading costs more than the buffer, the identity.
+    """
+    def barriers(*xs: Array) -> list[Array]:
+        # Nested: two barriers on the same operands would be merged as common
+        # subexpressions (an unused tag operand is pruned first).
+        for _ in range(view + 1):
+            xs = lax.optimization_barrier(xs)
+        return list(xs)
+
+    leaves, treedef = jax.tree.flatten(tree)
+    out = lax.platform_dependent(*leaves, cpu=lambda *xs: list(xs), default=barriers)
+    return jax.tree.unflatten(treedef, out)
+
+
 def through_normalisation(
-    g: Array, normalised: Array, s: Array | None, t: Array | None, logits: bool
+    g: Array,
+    normalised: Array,
+    s: Array | None,
+    t: Array | None,
+    logits: bool,
+    g_sum: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """Cotangents w.r.t. x (and, per row, T) from the cotangent ``g`` w.r.t.
-    the log-probs (see the module docstring)."""
+    the log-probs (see the module docstring); ``g_sum``: Σ_v g [..., 1] when
+    computed elsewhere (from an :func:`independent` view)."""
     if s is None:
         return g, None
-    ds = g - jnp.exp(normalised) * jnp.sum(g, axis=-1, keepdims=True)
+    if g_sum is None:
+        g_sum = jnp.sum(g, axis=-1, keepdims=True)
+    ds = g - jnp.exp(normalised) * g_sum
     if t is None:
         return ds, None
     # Σ ds · s over entries with s = −inf is 0 · lo = 0: no derivative to T.
@@ -132,23 +190,29 @@ def through_normalisation(
 # ----------------------------------------------------------------------------
 
 
-def _mixture_log(a: Array, b: Array, beta: Array) -> Array:
-    """log M = log(β p + (1 − β) q) for finite log-probs a, b, relative to the
-    larger one: M = e^top (1 + c · expm1(d)) with d = min − top ≤ 0 and c the
-    weight of the smaller side, so m = top + log1p(c · expm1(d)). Where a = b,
-    m = a exactly (JS is then exactly 0), and it never under- or overflows.
-    Only max, min and sign (no select, which costs XLA:CPU its fusion)."""
-    top = jnp.maximum(a, b)
-    d = jnp.minimum(a, b) - top
-    c = 0.5 - (beta - 0.5) * jnp.sign(a - b)  # 1 − β if a > b, β if a < b
-    return top + jnp.log1p(c * jnp.expm1(d))
-
-
 def _js_terms(a: Array, b: Array, beta: Array) -> tuple[Array, Array]:
-    """β p (a − m) and (1 − β) q (b − m), also ∂ JS / ∂a and ∂ JS / ∂b."""
+    """β p (a − m) and (1 − β) q (b − m) with m = log M, M = β p + (1 − β) q:
+    the JS terms, also ∂ JS / ∂a and ∂ JS / ∂b.
+
+    m is taken relative to the larger side: with top = max(a, b) and
+    r = max(p, q) = e^top, M / r − 1 = (β (p − r) + (1 − β)(q − r)) / r, so
+    m = top + log1p of it. One of p − r, q − r is exactly 0 and the other is
+    exact or rounded once, so where p = q, m = a exactly (JS is exactly 0),
+    and M / r ≥ min(β, 1 − β) never underflows. Three transcendentals
+    (e^a, e^b, log1p) and no sign or select, which XLA:CPU would not vectorise.
+    Where both p and q underflow, r is read as the smallest normal number and
+    the quotient is floored at its lower bound: the terms are then p · finite
+    and q · finite, i.e. 0 (also for −inf inputs, read as ``lo``).
+    """
     fa, fb = finite(a), finite(b)
-    m = _mixture_log(fa, fb, beta)
-    return beta * jnp.exp(a) * (fa - m), (1 - beta) * jnp.exp(b) * (fb - m)
+    p, q = jnp.exp(a), jnp.exp(b)
+    # top and r are reference points: m = top + log(M / r) for any top = log r,
+    # so they carry no derivative (and no 1 / r² into second derivatives).
+    top = lax.stop_gradient(jnp.maximum(fa, fb))
+    r = lax.stop_gradient(jnp.maximum(jnp.maximum(p, q), jnp.finfo(p.dtype).tiny))
+    ratio = (beta * (p - r) + (1 - beta) * (q - r)) / r
+    m = top + jnp.log1p(jnp.maximum(ratio, jnp.minimum(beta, 1 - beta) - 1))
+    return beta * p * (fa - m), (1 - beta) * q * (fb - m)
 
 
 def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Array:
@@ -277,20 +341,46 @@ def _coefficients(
     beta: Array | None,
 ) -> tuple[Array, Array | None, Array | None]:
     """∂ value_row / ∂a, ∂ value_row / ∂b per element (in the compute dtype)
-    and ∂ value_row / ∂T per row; recomputed from the inputs themselves."""
+    and ∂ value_row / ∂T per row; recomputed from the inputs themselves.
+
+    Each consumer of the per-element cotangents (their row sums, the
+    temperature's row sums and the elementwise result) recomputes them from
+    its own :func:`independent` view of the inputs; the row statistics of the
+    log-softmax ([..., 1]) are computed once and shared."""
     dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
-    lp_a, norm_a, s_a = _log_probs(a, mask, t, logits, dtype)
-    if b is None:  # entropy: one distribution
-        ga, _ = _grads(kind, lp_a, None, beta)
-        ca, dt = through_normalisation(ga, norm_a, s_a, t, logits)
-        return ca, None, dt
-    lp_b, norm_b, s_b = _log_probs(b, mask, t, logits, dtype)
-    ga, gb = _grads(kind, lp_a, lp_b, beta)
-    assert gb is not None  # a two-distribution kind
-    ca, dt = through_normalisation(ga, norm_a, s_a, t, logits)
-    cb, dt_b = through_normalisation(gb, norm_b, s_b, t, logits)
-    # dt and dt_b are both None (no temperature) or both arrays.
-    return ca, cb, None if dt is None or dt_b is None else dt + dt_b
+    xs = (a,) if b is None else (a, b)
+    stats = tuple(
+        row_stats(_read(x, mask, dtype), t) if _normalises(logits, t) else None
+        for x in xs
+    )
+
+    def fresh(view: int) -> list[tuple[Array, Array, Array | None]]:
+        """(∂/∂log-probs, normalised log-probs, s) per input, from a new view."""
+        views, view_stats = independent((xs, stats), view)
+        parts = [
+            _log_probs(x, mask, t, logits, dtype, st)
+            for x, st in zip(views, view_stats, strict=True)
+        ]
+        lp_b = parts[1][0] if len(parts) > 1 else None
+        grads = _grads(kind, parts[0][0], lp_b, beta)
+        return [(g, n, s) for g, (_, n, s) in zip(grads, parts, strict=False)]
+
+    first = fresh(0)
+    if first[0][2] is None:  # the inputs are used as given
+        return first[0][0], first[1][0] if b is not None else None, None
+    sums = [jnp.sum(g, axis=-1, keepdims=True) for g, _, _ in first]
+    coefficients = [
+        through_normalisation(g, n, s, t, logits, g_sum)[0]
+        for (g, n, s), g_sum in zip(fresh(1), sums, strict=True)
+    ]
+    dt = None
+    if t is not None:  # the temperature's row sums, from a third view
+        dts = [
+            through_normalisation(g, n, s, t, logits, g_sum)[1]
+            for (g, n, s), g_sum in zip(fresh(2), sums, strict=True)
+        ]
+        dt = functools.reduce(jnp.add, dts)
+    return coefficients[0], coefficients[1] if b is not None else None, dt
 
 
 def _divergence_jvp(
