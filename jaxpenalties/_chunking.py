@@ -13,13 +13,13 @@ per chunk).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties._types import Array
+from jaxpenalties._types import Array, GradAccumulation
 
 
 def dot(
@@ -83,6 +83,32 @@ def kernel_grad(rows: Array, d: Array, groups: int, dtype: Any, like: Array) -> 
     return lax.dot_general(rows, d, dims, preferred_element_type=dtype)
 
 
+def accumulate(acc: Array, rows: Array, d: Array, groups: int, like: Array) -> Array:
+    """acc + rowsᵀ · d, the weight-gradient rule of every fused path.
+
+    A float32 ``acc`` (the default, ``grad_accumulation="float32"``) takes the
+    float32 product of each chunk and is rounded once, at the end. An ``acc``
+    in the parameter dtype (``"param"``, e.g. bf16) takes the product rounded
+    to that dtype (float32 inside the matmul) and is rounded at every chunk,
+    as a bf16 ``dw += xᵀ @ dz`` is: no float32 [H, V] buffer exists at all,
+    and XLA updates the accumulator in place, in the output's own buffer.
+    """
+    return acc + kernel_grad(rows, d, groups, acc.dtype, like=like)
+
+
+ACCUMULATIONS: tuple[str, ...] = get_args(GradAccumulation)
+
+
+def accumulator_zeros(
+    chunked: Array, kernel: Array, groups: int, compute: Any, accumulation: str
+) -> Array:
+    """The zero weight-gradient accumulator of ``kernel`` under the rule
+    ``accumulation`` (:data:`ACCUMULATIONS`): in ``compute`` (float32, or
+    float64) or in the kernel's own dtype."""
+    dtype = kernel.dtype if accumulation == "param" else compute
+    return kernel_grad_zeros(chunked, kernel, groups, dtype)
+
+
 def sum_groups(acc: Array | None, groups: int) -> Array | None:
     return acc if acc is None or groups == 1 else jnp.sum(acc, axis=0)
 
@@ -141,23 +167,27 @@ def plan(n: int, chunk_size: int, shards: int = 1) -> tuple[int, int]:
     return fewest, max(1, -(-n // fewest))
 
 
-# The float32 logits of one chunk take at most this fraction of the memory of the
-# trained head's kernel, and at least _MIN_CHUNK_ELEMENTS elements (16 MiB).
-_KERNEL_FRACTION = 8
+# One chunk's working memory takes at most this fraction of the memory of the
+# trained head's kernel, and its float32 logits at least _MIN_CHUNK_ELEMENTS
+# elements (16 MiB).
+_KERNEL_FRACTION = 3
 _MIN_CHUNK_ELEMENTS = 2**22
 
 
 def default_chunk_size(w: Array) -> int:
     """Rows per chunk for ``chunk_size=None``, from the kernel [H, V].
 
-    One chunk's float32 logits [C, V] take an eighth of the kernel's own memory
-    (C = H · itemsize / 8, so 1,024 rows for a bf16 H = 4,096 head and 2,048 for
-    a float32 one: about as many as Liger's V/H rule at 32k positions), or 16
-    MiB for a small head, where more rows cost nothing. The forward and backward
-    pass hold a few such buffers at once.
+    A chunk's working memory, as measured in the compiled programs for the GPU
+    and TPU (``benchmarks/accelerator_memory.py``), is the float32 logits of both
+    heads and the logit cotangent in the kernel's dtype: (8 + itemsize) bytes per
+    row and vocabulary entry. It takes a third of the kernel's own memory:
+    C = H · itemsize / (3 · (8 + itemsize)), 273 rows for a bf16 H = 4,096 head
+    (256 once split evenly) and 455 for a float32 one; or 16 MiB of logits
+    for a small head, where more rows cost nothing.
     """
     hidden, vocab = w.shape
-    by_kernel = hidden * jnp.dtype(w.dtype).itemsize // _KERNEL_FRACTION
+    itemsize = jnp.dtype(w.dtype).itemsize
+    by_kernel = hidden * itemsize // (_KERNEL_FRACTION * (8 + itemsize))
     return max(1, by_kernel, _MIN_CHUNK_ELEMENTS // max(vocab, 1))
 
 

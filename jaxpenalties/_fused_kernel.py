@@ -65,6 +65,7 @@ class Config(NamedTuple):
     has_t: bool  # a temperature applies
     dtypes: PerInput  # the primal dtypes, which the gradients take
     smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
+    accumulation: str = "float32"  # the weight gradients' sum: "float32" / "param"
 
 
 def _matmul_dtype(*arrays: Array) -> jnp.dtype:
@@ -132,12 +133,16 @@ def _grad_scan(
         return jnp.zeros_like(like, dtype=dtype) if flag else None
 
     # dx rows are written once each: kept in the input dtype. dw is a sum over
-    # every chunk: accumulated in float32 (one [H, V] float32 buffer per head).
+    # every chunk, accumulated by the rule of ``_chunking.accumulate``.
     acc0 = {
         "x": zeros_if(need.x, x, x.dtype),
-        "w": _chunking.kernel_grad_zeros(x, w, groups, dtype) if need.w else None,
+        "w": _chunking.accumulator_zeros(x, w, groups, dtype, config.accumulation)
+        if need.w
+        else None,
         "rx": zeros_if(need.rx, rx, rx.dtype),
-        "rw": _chunking.kernel_grad_zeros(rx, rw, ref_groups, dtype)
+        "rw": _chunking.accumulator_zeros(
+            rx, rw, ref_groups, dtype, config.accumulation
+        )
         if need.rw
         else None,
         "t": zeros_if(need.t, t),
@@ -172,15 +177,13 @@ def _grad_scan(
         if need.x:  # dx = dz · wᵀ, written into the chunk's rows
             dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(x.dtype)
             acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
-        if need.w:  # dw += xᵀ · dz, accumulated in the compute dtype
-            acc["w"] = acc["w"] + _chunking.kernel_grad(xc, dz, groups, dtype, like=w)
+        if need.w:  # dw += xᵀ · dz, by the accumulation rule
+            acc["w"] = _chunking.accumulate(acc["w"], xc, dz, groups, like=w)
         if need.rx:
             drx = _chunking.dot(drz, rw, 1, 1, dtype, like=rxc).astype(rx.dtype)
             acc["rx"] = lax.dynamic_update_index_in_dim(acc["rx"], drx, k, axis=1)
         if need.rw:
-            acc["rw"] = acc["rw"] + _chunking.kernel_grad(
-                rxc, drz, ref_groups, dtype, like=rw
-            )
+            acc["rw"] = _chunking.accumulate(acc["rw"], rxc, drz, ref_groups, like=rw)
         if need.t:
             acc["t"] = acc["t"] + dt
         return acc, values

@@ -146,6 +146,7 @@ def independent(tree: Any, view: int) -> Any:
     gradient stays at the memory floor: the inputs read, the gradient written.
     On the CPU, where re-reading costs more than the buffer, the identity.
     """
+
     def barriers(*xs: Array) -> list[Array]:
         # Nested: two barriers on the same operands would be merged as common
         # subexpressions (an unused tag operand is pruned first).
@@ -362,8 +363,8 @@ def _coefficients(
             for x, st in zip(views, view_stats, strict=True)
         ]
         lp_b = parts[1][0] if len(parts) > 1 else None
-        grads = _grads(kind, parts[0][0], lp_b, beta)
-        return [(g, n, s) for g, (_, n, s) in zip(grads, parts, strict=False)]
+        grads = [g for g in _grads(kind, parts[0][0], lp_b, beta) if g is not None]
+        return [(g, n, s) for g, (_, n, s) in zip(grads, parts, strict=True)]
 
     first = fresh(0)
     if first[0][2] is None:  # the inputs are used as given
@@ -375,11 +376,10 @@ def _coefficients(
     ]
     dt = None
     if t is not None:  # the temperature's row sums, from a third view
-        dts = [
-            through_normalisation(g, n, s, t, logits, g_sum)[1]
-            for (g, n, s), g_sum in zip(fresh(2), sums, strict=True)
-        ]
-        dt = functools.reduce(jnp.add, dts)
+        for (g, n, s), g_sum in zip(fresh(2), sums, strict=True):
+            dt_x = through_normalisation(g, n, s, t, logits, g_sum)[1]
+            assert dt_x is not None  # t is given
+            dt = dt_x if dt is None else dt + dt_x
     return coefficients[0], coefficients[1] if b is not None else None, dt
 
 

@@ -78,6 +78,11 @@ Tail: TypeAlias = Literal["renormalize", "bucket"]
 """What a top-k (sparse) divergence does with the probability outside the
 kept tokens."""
 
+GradAccumulation: TypeAlias = Literal["float32", "param"]
+"""How a fused head sums its weight gradient over chunks: in float32 (rounded
+once) or in the parameter dtype (rounded at every chunk, no float32 [H, V]
+buffer)."""
+
 AggregationMode: TypeAlias = Literal[
     "token-mean",
     "seq-mean-token-mean",

@@ -47,7 +47,13 @@ from jax import lax
 from jaxpenalties import _checks, _chunking
 from jaxpenalties import _fused_kernel as fk
 from jaxpenalties import _utils as u
-from jaxpenalties._types import Array, ArrayLike, Direction, Reduction
+from jaxpenalties._types import (
+    Array,
+    ArrayLike,
+    Direction,
+    GradAccumulation,
+    Reduction,
+)
 
 # ----------------------------------------------------------------------------
 # Shared driver: validation, chunk layout, reduction
@@ -64,11 +70,13 @@ def _fused(
     where: ArrayLike | None,
     chunk_size: int | None,
     hard: tuple[Any, Any, Any, Any, Any],
+    grad_accumulation: str,
 ) -> Array | tuple[Array, dict[str, Array]]:
     """Validates what both public functions share, in their order, and runs
     the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
     hard_weight, label_smoothing)."""
     u.check_option("reduction", reduction, u.REDUCTIONS)
+    u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     x, w, ref_x, ref_w = _checks.check_heads(*heads, chunk_size)
     hard_options = _checks.check_hard(hard, x, w, reduction)
     temperature = _checks.check_temperature(temperature)
@@ -84,6 +92,7 @@ def _fused(
         swap=swap,
         reduction=reduction,
         chunk_size=chunk_size,
+        grad_accumulation=grad_accumulation,
         **hard_options,
     )
 
@@ -95,6 +104,7 @@ def _fused(
         "swap",
         "reduction",
         "chunk_size",
+        "grad_accumulation",
         "ignore_index",
         "label_smoothing",
     ),
@@ -115,6 +125,7 @@ def _fused_impl(
     swap: bool,
     reduction: str,
     chunk_size: int | None,
+    grad_accumulation: str = "float32",
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
 ) -> Array | tuple[Array, dict[str, Array]]:
@@ -134,6 +145,7 @@ def _fused_impl(
         has_t=has_t,
         dtypes=fk.PerInput(x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype),
         smoothing=label_smoothing,
+        accumulation=grad_accumulation,
     )
 
     heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
@@ -207,6 +219,7 @@ def fused_linear_kl_divergence(
     soft_weight: float | ArrayLike = 1.0,
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
+    grad_accumulation: GradAccumulation = "float32",
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""KL divergence between two linear heads, without materialising the logits.
 
@@ -241,8 +254,10 @@ def fused_linear_kl_divergence(
         masked positions may hold garbage (NaN) and get zero gradient.
       chunk_size: maximum number of positions whose logits exist at once; a
         positive Python int, or None (default) for one from a memory budget:
-        one chunk's float32 logits take an eighth of the memory of ``w`` (1,024
-        rows for a bf16 4,096 × 128k head), or 16 MiB for small heads. Static.
+        one chunk's working memory (both heads' float32 logits and the logit
+        cotangent, as measured in the compiled GPU and TPU programs) takes a
+        third of the memory of ``w`` (273 rows, 256 once split evenly, for a
+        bf16 4,096 × 128k head), or 16 MiB of logits for small heads. Static.
       labels: optional integer hard labels of shape ``x.shape[:-1]``: the
         result is then ``soft_weight · divergence + hard_weight · CE`` with
         CE the cross-entropy of the untempered student logits at ``labels``,
@@ -251,6 +266,15 @@ def fused_linear_kl_divergence(
       soft_weight, hard_weight: weights ≥ 0 of the two parts: numbers or scalar
         arrays, which may be traced (a new value never recompiles).
       label_smoothing: ε in [0, 1): CE = (1 − ε) CE(labels) + ε CE(uniform).
+        Static.
+      grad_accumulation: how the weight gradients (of ``w`` and ``ref_w``) are
+        summed over chunks. ``"float32"`` (default): in a float32 [H, V]
+        buffer, rounded to the kernel's dtype once (2 GiB for a bf16 4,096 ×
+        128k head). ``"param"``: in the kernel's own dtype, rounded at every
+        chunk (as a bf16 ``dw += xᵀ @ dz`` is, and as Liger Kernel does by
+        default): no float32 [H, V] buffer, the sum updated in place in the
+        output. For bf16, its error against float64 grows with the number of
+        chunks (see ``docs/large_vocab.md``); float32 heads are unaffected.
         Static.
 
     Returns:
@@ -285,7 +309,16 @@ def fused_linear_kl_divergence(
     heads = (x, w, ref_x, ref_w)
     hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
     return _fused(
-        heads, kind, swap, None, temperature, reduction, where, chunk_size, hard
+        heads,
+        kind,
+        swap,
+        None,
+        temperature,
+        reduction,
+        where,
+        chunk_size,
+        hard,
+        grad_accumulation,
     )
 
 
@@ -305,6 +338,7 @@ def fused_linear_js_divergence(
     soft_weight: float | ArrayLike = 1.0,
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
+    grad_accumulation: GradAccumulation = "float32",
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
@@ -335,6 +369,8 @@ def fused_linear_js_divergence(
         :func:`fused_linear_kl_divergence`). Static.
       labels, ignore_index, soft_weight, hard_weight, label_smoothing: hard
         labels in the same pass, as in :func:`fused_linear_kl_divergence`.
+      grad_accumulation: ``"float32"`` or ``"param"``, as in
+        :func:`fused_linear_kl_divergence`. Static.
 
     Returns:
       A scalar, or per-position values of shape ``x.shape[:-1]``; with
@@ -361,5 +397,14 @@ def fused_linear_js_divergence(
     heads = (x, w, ref_x, ref_w)
     hard = (labels, ignore_index, soft_weight, hard_weight, label_smoothing)
     return _fused(
-        heads, "js", False, beta, temperature, reduction, where, chunk_size, hard
+        heads,
+        "js",
+        False,
+        beta,
+        temperature,
+        reduction,
+        where,
+        chunk_size,
+        hard,
+        grad_accumulation,
     )

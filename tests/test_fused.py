@@ -480,8 +480,9 @@ def test_default_chunk_size_follows_the_kernel_budget():
     def kernel(h, v, dtype):
         return jax.ShapeDtypeStruct((h, v), dtype)
 
-    assert _default_chunk_size(kernel(4096, 128256, jnp.bfloat16)) == 1024
-    assert _default_chunk_size(kernel(4096, 128256, jnp.float32)) == 2048
+    # A third of the kernel's memory for (8 + itemsize) · V bytes per row.
+    assert _default_chunk_size(kernel(4096, 128256, jnp.bfloat16)) == 273
+    assert _default_chunk_size(kernel(4096, 128256, jnp.float32)) == 455
     # Small heads: 16 MiB of float32 logits per chunk.
     assert _default_chunk_size(kernel(16, 96, jnp.float32)) == 2**22 // 96
 
