@@ -4,8 +4,9 @@ The student's log-probs ``log_softmax(x @ w)`` are formed a chunk of positions a
 a time (the layout of the fused divergences) and compared with the stored top-k
 teacher by the same exact kernel as :mod:`jaxpenalties.sparse`, with the same
 ``tail`` and ``temperature`` conventions. Each chunk's computation is rematerialised in
-the backward pass (``jax.checkpoint`` inside a ``lax.scan``), so the extra memory
-is O(chunk_size · V) in both passes.
+the backward pass (:mod:`jaxpenalties._head_scan`), so the extra memory is
+O(chunk_size · V) in both passes, and the weight gradient is summed over chunks
+by the rule every fused path shares (``grad_accumulation``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,56 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxpenalties import _checks, _chunking, _topk
+from jaxpenalties import _checks, _chunking, _head_scan, _topk
 from jaxpenalties import _utils as u
-from jaxpenalties._types import Array, ArrayLike, Direction, Reduction, Tail
+from jaxpenalties._types import (
+    Array,
+    ArrayLike,
+    Direction,
+    GradAccumulation,
+    Reduction,
+    Tail,
+)
+
+
+def _chunk_values(
+    z: Array,
+    parts: tuple[Array, Array, Array],
+    shared: tuple[Array | None, float | None],
+    *,
+    kind: str,
+    swap: bool,
+    tail: str,
+) -> Array:
+    """One chunk's per-position divergences from its logits z [C, V]."""
+    indices, teacher, mask = parts
+    t, beta = shared
+    student = jax.nn.log_softmax(z, axis=-1)
+    return _topk.divergence(
+        student,
+        indices,
+        teacher,
+        t,
+        mask,
+        beta,
+        kind=kind,
+        swap=swap,
+        tail=tail,
+        reduction="none",
+    )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("kind", "swap", "tail", "reduction", "chunk_size")
+    jax.jit,
+    static_argnames=(
+        "kind",
+        "swap",
+        "tail",
+        "reduction",
+        "chunk_size",
+        "grad_accumulation",
+    ),
 )
 def _impl(
     x: Array,
@@ -38,38 +80,17 @@ def _impl(
     tail: str,
     reduction: str,
     chunk_size: int | None,
+    grad_accumulation: str,
 ) -> Array:
-    dtype = u.compute_dtype(x, w, teacher)
     lay = _chunking.layout(x, w, chunk_size)
     valid = jnp.ones(lay.positions, bool) if mask is None else mask
     # Masked rows of x are zeroed (a NaN there would reach dw = xᵀ · dz);
     # ``_topk.divergence`` masks the indices and the teacher's rows itself.
     xs = lay.chunked(u.sanitize(x, mask))
-    idx, tq = lay.chunked(indices), lay.chunked(teacher)
-    ok = lay.chunked(valid)  # padded rows are masked too
-
-    @jax.checkpoint
-    def chunk_values(xc: Array, ic: Array, qc: Array, mc: Array) -> Array:
-        z = _chunking.dot(xc, w, 1, 0, dtype)
-        student = jax.nn.log_softmax(z, axis=-1)
-        return _topk.divergence(
-            student,
-            ic,
-            qc,
-            t,
-            mc,
-            beta,
-            kind=kind,
-            swap=swap,
-            tail=tail,
-            reduction="none",
-        )
-
-    def step(carry: None, k: Array) -> tuple[None, Array]:
-        parts = (xs, idx, tq, ok)
-        return carry, chunk_values(*(_chunking.chunk(a, k) for a in parts))
-
-    _, values = lax.scan(step, None, jnp.arange(lay.n_chunks))
+    parts = (lay.chunked(indices), lay.chunked(teacher), lay.chunked(valid))
+    f = functools.partial(_chunk_values, kind=kind, swap=swap, tail=tail)
+    dtype = u.compute_dtype(x, w, teacher)
+    values = _head_scan.head_scan(f, dtype, grad_accumulation, xs, w, parts, (t, beta))
     return u.reduce(lay.unchunked(values), reduction, mask)
 
 
@@ -106,14 +127,14 @@ def fused_linear_sparse_kl_divergence(
     reduction: Reduction = "mean",
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
+    grad_accumulation: GradAccumulation = "float32",
 ) -> Array:
     r"""KL between a linear-head student P = softmax(x W) and a top-k teacher Q.
 
     Same value as ``sparse_kl_divergence(log_softmax(x @ w), teacher_indices,
     teacher_logprobs, ...)`` (see :func:`sparse_kl_divergence` for ``tail`` and
     ``temperature``), without the [positions, V] student log-probs: positions
-    are processed ``chunk_size`` rows at a time, forward and backward. The
-    weight gradient is accumulated across chunks in ``w``'s dtype.
+    are processed ``chunk_size`` rows at a time, forward and backward.
 
     Args:
       x: student hidden states [..., H].
@@ -128,6 +149,9 @@ def fused_linear_sparse_kl_divergence(
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
       chunk_size: positions whose logits exist at once, or None for the
         memory budget of :func:`fused_linear_kl_divergence`. Static.
+      grad_accumulation: how ``w``'s gradient is summed over chunks:
+        ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
+        :func:`fused_linear_kl_divergence`. Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.
@@ -151,6 +175,7 @@ def fused_linear_sparse_kl_divergence(
     """
     kind, swap = _checks.check_kl_direction(direction, symmetric)
     top_k = (teacher_indices, teacher_logprobs)
+    u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
     return _impl(
         *args,
@@ -160,6 +185,7 @@ def fused_linear_sparse_kl_divergence(
         tail=tail,
         reduction=reduction,
         chunk_size=chunk_size,
+        grad_accumulation=grad_accumulation,
     )
 
 
@@ -175,6 +201,7 @@ def fused_linear_sparse_js_divergence(
     reduction: Reduction = "mean",
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
+    grad_accumulation: GradAccumulation = "float32",
 ) -> Array:
     r"""Generalised JS between a linear-head student and a top-k teacher.
 
@@ -193,6 +220,8 @@ def fused_linear_sparse_js_divergence(
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
       chunk_size: positions whose logits exist at once, or None. Static.
+      grad_accumulation: ``"float32"`` (default) or ``"param"``, as in
+        :func:`fused_linear_kl_divergence`. Static.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.
@@ -212,6 +241,7 @@ def fused_linear_sparse_js_divergence(
     """
     beta = _checks.check_beta(beta)
     top_k = (teacher_indices, teacher_logprobs)
+    u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
     return _impl(
         *args,
@@ -221,4 +251,5 @@ def fused_linear_sparse_js_divergence(
         tail=tail,
         reduction=reduction,
         chunk_size=chunk_size,
+        grad_accumulation=grad_accumulation,
     )

@@ -14,11 +14,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxpenalties import _checks, _chunking, _kernels
+from jaxpenalties import _checks, _chunking, _head_scan, _kernels
 from jaxpenalties import _utils as u
-from jaxpenalties._types import Array, ArrayLike
+from jaxpenalties._types import Array, ArrayLike, GradAccumulation
 
 
 def _chunk_stats(
@@ -31,77 +30,17 @@ def _chunk_stats(
     return a, s, logp, entropy
 
 
-def _value_scan(
-    xs: Array, w: Array, tokens: Array, t: Array | None
+def _chunk_outputs(
+    z: Array, parts: tuple[Array], shared: tuple[Array | None]
 ) -> tuple[Array, Array]:
-    dtype = u.compute_dtype(xs, w)
-
-    def step(carry: None, k: Array) -> tuple[None, tuple[Array, Array]]:
-        z = _chunking.dot(_chunking.chunk(xs, k), w, 1, 0, dtype)
-        _, _, logp, entropy = _chunk_stats(z, _chunking.chunk(tokens, k), t)
-        return carry, (logp, entropy)
-
-    _, out = lax.scan(step, None, jnp.arange(xs.shape[1]))
-    return out
+    """One chunk's log p(y) and H [C] from its logits z [C, V]."""
+    _, _, logp, entropy = _chunk_stats(z, parts[0], shared[0])
+    return logp, entropy
 
 
-@jax.custom_vjp
-def _token_logprobs(
-    xs: Array, w: Array, tokens: Array, t: Array | None
-) -> tuple[Array, Array]:
-    """(log p(y), H), each [n_chunks, C]; ``xs`` is [C, n_chunks, H]."""
-    return _value_scan(xs, w, tokens, t)
-
-
-def _fwd(
-    xs: Array, w: Array, tokens: Array, t: Array | None
-) -> tuple[tuple[Array, Array], tuple[Array, Array, Array, Array | None]]:
-    return _value_scan(xs, w, tokens, t), (xs, w, tokens, t)
-
-
-def _bwd(
-    res: tuple[Array, Array, Array, Array | None], g: tuple[Array, Array]
-) -> tuple[Array, Array, None, Array | None]:
-    """Recomputes each chunk's logits; the cotangent w.r.t. the log-probs goes
-    through log_softmax(z / T) by the divergence kernel's rule. Gradients
-    nobody asked for are dead code that XLA removes."""
-    xs, w, tokens, t = res
-    g_logp, g_entropy = g
-    dtype = u.compute_dtype(xs, w)
-    mm = jnp.result_type(xs, w)
-
-    def step(acc: dict[str, Array], k: Array) -> tuple[dict[str, Array], None]:
-        xc, tok = _chunking.chunk(xs, k), _chunking.chunk(tokens, k)
-        z = _chunking.dot(xc, w, 1, 0, dtype)
-        a, s = _kernels.log_softmax(z, t)
-        gl = g_logp[k][:, None].astype(dtype)
-        gh = g_entropy[k][:, None].astype(dtype)
-        # Cotangent w.r.t. the log-probs a: ∂ log p(y)/∂a = e_y and
-        # ∂H/∂a = −p (a + 1); the kernel's rule takes it through log_softmax.
-        g_a = -gh * jnp.exp(a) * (_kernels.finite(a) + 1)
-        g_a = g_a.at[jnp.arange(g_a.shape[0]), tok].add(gl[:, 0])
-        dz, dt = _kernels.through_normalisation(g_a, a, s, t, True)
-        dz = dz.astype(mm)
-        dx = _chunking.dot(dz, w, 1, 1, dtype, like=xc).astype(xs.dtype)
-        acc = dict(acc)
-        acc["x"] = lax.dynamic_update_index_in_dim(acc["x"], dx, k, axis=1)
-        acc["w"] = acc["w"] + _chunking.dot(xc, dz, 0, 0, dtype, like=w)
-        if dt is not None:  # a temperature is given
-            acc["t"] = acc["t"] + jnp.sum(dt)
-        return acc, None
-
-    acc0 = {"x": jnp.zeros_like(xs), "w": jnp.zeros_like(w, dtype=dtype)}
-    if t is not None:
-        acc0["t"] = jnp.zeros_like(t)
-    acc, _ = lax.scan(step, acc0, jnp.arange(xs.shape[1]))
-    dt = None if t is None else acc["t"].astype(t.dtype)
-    return acc["x"], acc["w"].astype(w.dtype), None, dt
-
-
-_token_logprobs.defvjp(_fwd, _bwd)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk_size", "entropy"))
+@functools.partial(
+    jax.jit, static_argnames=("chunk_size", "entropy", "grad_accumulation")
+)
 def _impl(
     x: Array,
     w: Array,
@@ -111,6 +50,7 @@ def _impl(
     *,
     chunk_size: int | None,
     entropy: bool,
+    grad_accumulation: str,
 ) -> Array | tuple[Array, Array]:
     dtype = u.compute_dtype(x, w)
     lay = _chunking.layout(x, w, chunk_size)
@@ -119,7 +59,9 @@ def _impl(
     vocab = w.shape[1]
     safe = u.sanitize(jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32), mask)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
-    logp, ent = _token_logprobs(xs, w, lay.chunked(safe), t)
+    logp, ent = _head_scan.head_scan(
+        _chunk_outputs, dtype, grad_accumulation, xs, w, (lay.chunked(safe),), (t,)
+    )
     logp, ent = (
         u.sanitize(lay.unchunked(logp), mask),
         u.sanitize(lay.unchunked(ent), mask),
@@ -136,6 +78,7 @@ def fused_linear_token_logprobs(
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
     entropy: bool = False,
+    grad_accumulation: GradAccumulation = "float32",
 ) -> Array | tuple[Array, Array]:
     r"""Log-probabilities of given tokens under a linear head, chunked.
 
@@ -164,6 +107,9 @@ def fused_linear_token_logprobs(
         memory budget of :func:`fused_linear_kl_divergence`. Static.
       entropy: also return the per-position entropy H_t (e.g. an entropy bonus
         for RL) from the same pass. Static.
+      grad_accumulation: how ``w``'s gradient is summed over chunks:
+        ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
+        :func:`fused_linear_kl_divergence`. Static.
 
     Returns:
       float32 log-probs of shape ``x.shape[:-1]`` (float64 for float64 inputs),
@@ -199,7 +145,15 @@ def fused_linear_token_logprobs(
         )
     _checks.check_ids("tokens", tokens, w.shape[1], keep=where)
     u.check_bool("entropy", entropy)
+    u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     temperature = _checks.check_temperature(temperature)
     return _impl(
-        x, w, tokens, temperature, where, chunk_size=chunk_size, entropy=entropy
+        x,
+        w,
+        tokens,
+        temperature,
+        where,
+        chunk_size=chunk_size,
+        entropy=entropy,
+        grad_accumulation=grad_accumulation,
     )
