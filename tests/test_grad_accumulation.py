@@ -90,7 +90,7 @@ def test_float32_heads_accumulate_the_same_either_way(path):
     f = PATHS[path]
     x, w = X.astype(jnp.float32), W.astype(jnp.float32)
     grads = [
-        jax.grad(lambda w: f(x, w, chunk_size=64, grad_accumulation=a))(w)
+        jax.grad(lambda w, a=a: f(x, w, chunk_size=64, grad_accumulation=a))(w)
         for a in ("float32", "param")
     ]
     np.testing.assert_array_equal(grads[0], grads[1])
