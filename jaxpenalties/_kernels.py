@@ -100,8 +100,12 @@ def log_softmax(
 
 def _at_least_tiny(t: Array) -> Array:
     """T floored at the smallest normal float: a subnormal T is flushed to 0 on
-    some backends (0 / 0 = NaN at the maximum); both are the greedy limit."""
-    return jnp.maximum(t, jnp.finfo(t.dtype).tiny)
+    some backends (0 / 0 = NaN at the maximum); both are the greedy limit. A
+    T ≤ 0 or NaN (only possible traced: a concrete one is refused) is NaN, so
+    that every value and gradient it reaches is NaN, never a plausible number."""
+    # NaN added (not selected) so that the gradient w.r.t. T is NaN as well.
+    invalid = jnp.where(t > 0, jnp.zeros((), t.dtype), jnp.nan)
+    return jnp.maximum(t, jnp.finfo(t.dtype).tiny) + invalid
 
 
 def _read(x: Array, mask: Array | None, dtype: Any) -> Array:
@@ -235,9 +239,11 @@ def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Ar
 
 
 def neg_entropy(a: Array) -> Array:
-    """Σ p log p per row (= −H ≤ 0). A positive sum comes only from rounding or
-    log-probs above 0 (rounding in a log_softmax): the row is floored at 0."""
-    return jnp.minimum(_sum(jnp.exp(a) * finite(a)), 0)
+    """Σ p log p per row (= −H ≤ 0). A positive finite sum comes only from
+    rounding or log-probs above 0 (rounding in a log_softmax): the row is
+    floored at 0. A non-finite sum (a +inf or NaN log-prob) stays non-finite."""
+    rows = _sum(jnp.exp(a) * finite(a))
+    return jnp.where(jnp.isfinite(rows), jnp.minimum(rows, 0), rows)
 
 
 def _exact_values(kind: str, a: Array, b: Array) -> Array:

@@ -565,3 +565,63 @@ def test_from_logits_equals_log_softmax_inputs_in_value_and_gradient(t):
             jax.grad(ours, (0, 1))(x, y), jax.grad(ref, (0, 1))(x, y), strict=True
         ):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Non-finite in, non-finite out
+# ---------------------------------------------------------------------------
+
+_X = jnp.array([[1.0, 2.0, 0.5, -1.0], [0.0, 0.3, 0.2, 0.1]])
+_Y = jnp.array([[0.3, 2.0, 0.1, 0.0], [1.0, -0.3, 0.2, 0.4]])
+
+
+def _tempered_paths():
+    sg = jax.lax.stop_gradient
+    h = jnp.eye(2, 3)  # hidden states [2, 3] for the fused heads
+    w = jnp.arange(12.0).reshape(3, 4) / 5  # [3, 4]
+    idx = jnp.array([[1, 0], [3, 2]])
+    return {
+        "entropy": lambda t: jp.entropy(_X, from_logits=True, temperature=t),
+        "kl": lambda t: jp.kl_divergence(_X, _Y, from_logits=True, temperature=t),
+        "symmetric": lambda t: jp.kl_divergence(
+            _X, _Y, symmetric=True, temperature=t
+        ),
+        "js": lambda t: jp.js_divergence(_X, _Y, from_logits=True, temperature=t),
+        "sparse kl": lambda t: jp.sparse_kl_divergence(
+            jax.nn.log_softmax(_X), idx, jnp.log(jnp.full((2, 2), 0.5)), temperature=t
+        ),
+        "fused kl": lambda t: jp.fused_linear_kl_divergence(
+            h, w, sg(h), sg(w[:, ::-1]), temperature=t
+        ),
+        "token logprobs": lambda t: jnp.sum(
+            jp.fused_linear_token_logprobs(h, w, jnp.array([1, 2]), temperature=t)
+        ),
+    }
+
+
+@pytest.mark.parametrize("path", sorted(_tempered_paths()))
+@pytest.mark.parametrize("temperature", [-1.0, 0.0])
+def test_traced_non_positive_temperature_gives_nan(path, temperature):
+    """A traced T ≤ 0 cannot be refused: every value and the gradient w.r.t. T
+    are NaN (a concrete one is refused eagerly), never a plausible number."""
+    f = _tempered_paths()[path]
+    t = jnp.float32(temperature)
+    value, grad = jax.jit(jax.value_and_grad(f))(t)
+    assert np.isnan(value), value
+    assert np.isnan(grad), grad
+    # A positive traced T still gives the concrete result.
+    np.testing.assert_allclose(jax.jit(f)(jnp.float32(2.0)), f(2.0), rtol=1e-6)
+
+
+def test_positive_infinite_logprob_is_not_hidden():
+    """A +inf log-prob is no distribution: entropy, KL and JS are non-finite
+    (the entropy's rounding floor at 0 does not hide it)."""
+    a = jnp.array([[jnp.inf, -1.0, -2.0], [-1.0, -1.5, -0.9]])
+    b = jnp.log(jnp.array([[0.2, 0.3, 0.5], [0.2, 0.3, 0.5]]))
+    for value in (
+        jp.entropy(a, reduction="none"),
+        jp.kl_divergence(a, b, reduction="none"),
+        jp.js_divergence(a, b, reduction="none"),
+    ):
+        assert not np.isfinite(value[0]), value
+        assert np.isfinite(value[1]), value
