@@ -583,9 +583,7 @@ def _tempered_paths():
     return {
         "entropy": lambda t: jp.entropy(_X, from_logits=True, temperature=t),
         "kl": lambda t: jp.kl_divergence(_X, _Y, from_logits=True, temperature=t),
-        "symmetric": lambda t: jp.kl_divergence(
-            _X, _Y, symmetric=True, temperature=t
-        ),
+        "symmetric": lambda t: jp.kl_divergence(_X, _Y, symmetric=True, temperature=t),
         "js": lambda t: jp.js_divergence(_X, _Y, from_logits=True, temperature=t),
         "sparse kl": lambda t: jp.sparse_kl_divergence(
             jax.nn.log_softmax(_X), idx, jnp.log(jnp.full((2, 2), 0.5)), temperature=t
