@@ -42,6 +42,16 @@ def dot(
     )
 
 
+def like(a: Array, ref: Array) -> Array:
+    """``a`` resharded as ``ref`` when its mesh has explicit axes (e.g. a
+    cotangent built from an unsharded mask, for the sharded values of a
+    chunk); ``a`` itself otherwise."""
+    sharding = jax.typeof(ref).sharding
+    if not getattr(getattr(sharding, "mesh", None), "explicit_axes", ()):
+        return a
+    return jax.sharding.reshard(a, sharding)
+
+
 def chunk(a: Array, k: Array) -> Array:
     """Chunk ``k`` of an array laid out as [C, n_chunks, ...]."""
     return lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)

@@ -33,6 +33,12 @@ def run(
     ``options`` are its remaining static ones (``from_logits``, ``extremes``,
     and entropy's ``normalize`` and ``negate``)."""
     u.check_option("reduction", reduction, u.REDUCTIONS)
+    if xs[0].shape[axis] == 0:  # a (log-)softmax over no entry: no distribution
+        raise ValueError(
+            "Expected the log-probabilities (or logits) to have at least one "
+            f"entry along the distribution axis (`axis` = {axis}), got shape "
+            f"{xs[0].shape}."
+        )
     temperature = _checks.check_temperature(temperature)
     u.check_bool("from_logits", options["from_logits"])
     u.check_bool("extremes", options["extremes"])

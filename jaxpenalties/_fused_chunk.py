@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _kernels
+from jaxpenalties import _chunking, _indexing, _kernels
 from jaxpenalties._types import Array
 
 
@@ -52,12 +52,12 @@ def chunk_grads(
         values, vjp = jax.vjp(
             lambda z, rz, t: chunk_values(kind, swap, True, z, rz, t, beta), z, rz, t
         )
-        dz, drz, dt = vjp(g)
+        dz, drz, dt = vjp(_chunking.like(g, values))
         return values, dz, drz, dt
     values, vjp = jax.vjp(
         lambda z, rz: chunk_values(kind, swap, has_t, z, rz, t, beta), z, rz
     )
-    dz, drz = vjp(g)
+    dz, drz = vjp(_chunking.like(g, values))
     return values, dz, drz, None
 
 
@@ -65,12 +65,15 @@ def cross_entropy(z: Array, labels: Array, smoothing: float) -> tuple[Array, Arr
     """Per-row cross-entropy of the logits z [C, V] at ``labels`` [C] with label
     smoothing ε, and its gradient w.r.t. z but for the label term:
     CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
+    A label outside [0, V) gives NaN in the row's value and gradient (the
+    rule of :mod:`jaxpenalties._indexing`).
     """
     # Row statistics only ([C, 1]); every [C, V] expression below reads z
     # directly, so each fuses into its consumer instead of being stored.
     top = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     lse = top + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True))
-    z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)
+    lse = lse * _indexing.factor(labels[:, None], z.shape[-1], z.dtype)
+    z_y = _indexing.take(z, labels[:, None])
     ce = (1 - smoothing) * (lse - z_y) + smoothing * (
         lse - jnp.mean(z, axis=-1, keepdims=True)
     )
@@ -81,5 +84,4 @@ def cross_entropy(z: Array, labels: Array, smoothing: float) -> tuple[Array, Arr
 
 def add_label_term(dz: Array, labels: Array, scale: Array) -> Array:
     """dz − scale · e_y per row: the one-hot part of ∂ CE / ∂z, in place."""
-    rows = jnp.arange(dz.shape[0])
-    return dz.at[rows, labels].add(-scale)
+    return _indexing.add_at(dz, labels, -scale)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpenalties import _kernels
+from jaxpenalties import _indexing, _kernels
 from jaxpenalties import _utils as u
 from jaxpenalties._types import Array
 
@@ -73,14 +73,8 @@ def divergence(
     dtype = u.compute_dtype(student, teacher)
     if mask is not None:  # garbage indices at masked positions: read entry 0
         indices = u.sanitize(indices, mask)
-    g = jnp.take_along_axis(
-        student,
-        indices,
-        axis=-1,
-        mode="fill",
-        fill_value=jnp.nan,
-        wrap_negative_indices=False,
-    )
+    # An index outside [0, V), or one repeated, at a kept position: NaN there.
+    g = _indexing.take(student, indices, keep=mask, distinct=True)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
     beta = None if beta is None else jnp.asarray(beta, dtype)
     if tail == "renormalize":

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties import _checks, _chunking
+from jaxpenalties import _checks, _chunking, _indexing
 from jaxpenalties import _fused_kernel as fk
 from jaxpenalties import _utils as u
 from jaxpenalties._types import (
@@ -78,7 +78,7 @@ def _fused(
     u.check_option("reduction", reduction, u.REDUCTIONS)
     u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     x, w, ref_x, ref_w = _checks.check_heads(*heads, chunk_size)
-    hard_options = _checks.check_hard(hard, x, w, reduction)
+    hard_options = _checks.check_hard(hard, x, w, reduction, where)
     temperature = _checks.check_temperature(temperature)
     return _fused_impl(
         x,
@@ -186,7 +186,8 @@ def _distill(
         soft_scale, hard_scale = soft_weight, hard_weight
     div_weights = lay.chunked(valid).astype(dtype) * soft_scale
     ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
-    safe_labels = u.sanitize(labels, kept).astype(jnp.int32)
+    # Labels outside [0, V) ∪ {ignore_index} at kept positions: NaN there.
+    safe_labels = _indexing.clean(labels, heads.w.shape[1], kept)
     hard = (lay.chunked(safe_labels), ce_weights)
     total, (div, ce) = fk.fused_total(config, *heads, div_weights, hard)
     div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
@@ -262,6 +263,10 @@ def fused_linear_kl_divergence(
         result is then ``soft_weight · divergence + hard_weight · CE`` with
         CE the cross-entropy of the untempered student logits at ``labels``,
         from the same pass over each chunk (``"mean"`` or ``"sum"`` only).
+        Labels where ``where`` masks may be anything. Concrete labels
+        outside [0, V) and other than ``ignore_index`` raise; traced ones
+        give NaN in their position's CE and gradient (the loss is then NaN),
+        never another token's loss.
       ignore_index: label value that is left out of the cross-entropy. Static.
       soft_weight, hard_weight: weights ≥ 0 of the two parts: numbers or scalar
         arrays, which may be traced (a new value never recompiles).
@@ -284,9 +289,10 @@ def fused_linear_kl_divergence(
       mean (or sum) over its positions, as metrics that carry no gradient.
 
     Raises:
-      ValueError: for an unknown option, a non-positive ``chunk_size``, or
+      ValueError: for an unknown option, a non-positive ``chunk_size``,
         mismatched shapes (hidden size of ``x`` vs ``w``, vocabulary of ``w``
-        vs ``ref_w``, positions of ``x`` vs ``ref_x``).
+        vs ``ref_w``, positions of ``x`` vs ``ref_x``), an empty vocabulary,
+        or concrete ``labels`` out of range at kept positions.
       TypeError: for a traced value given as a static option, or integer input.
 
     Example:

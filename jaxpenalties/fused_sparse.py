@@ -139,7 +139,9 @@ def fused_linear_sparse_kl_divergence(
     Args:
       x: student hidden states [..., H].
       w: the student head kernel [H, V].
-      teacher_indices: integer [..., k], distinct entries in [0, V).
+      teacher_indices: integer [..., k], distinct entries in [0, V) (checked
+        when concrete; under ``jit`` a bad row gives NaN at its position, in
+        the value and the gradient).
       teacher_logprobs: the teacher's log-probs of those entries [..., k].
       direction: ``"forward"`` (KL(P‖Q)) or ``"reverse"`` (KL(Q‖P)). Static.
       symmetric: ½(KL(P‖Q) + KL(Q‖P)). Static.

@@ -31,8 +31,9 @@ this equals tempering the gathered entries, so no [..., V] copy is made.
 
 Indices must be distinct along the last axis (a duplicate would count its entry
 twice) and in [0, V). Concrete (not traced) indices are checked eagerly, at the
-positions a concrete ``where`` keeps; under ``jit`` an out-of-range index gives
-NaN at its position, never a silent number.
+positions a concrete ``where`` keeps; under ``jit`` an out-of-range or repeated
+index gives NaN at its position, in the value and in the gradient, never a
+silent number.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxpenalties import _checks, _chunking, _head_scan, _kernels
+from jaxpenalties import _checks, _chunking, _head_scan, _indexing, _kernels
 from jaxpenalties import _utils as u
 from jaxpenalties._types import Array, ArrayLike, GradAccumulation
 
@@ -25,7 +25,7 @@ def _chunk_stats(
 ) -> tuple[Array, Array, Array, Array]:
     """Tempered log-probs a [C, V], shifted logits s, log p(y) and H [C]."""
     a, s = _kernels.log_softmax(z, t)
-    logp = jnp.take_along_axis(a, tokens[:, None], axis=-1)[:, 0]
+    logp = _indexing.take(a, tokens[:, None])[:, 0]  # NaN for ids outside [0, V)
     entropy = -_kernels.neg_entropy(a)  # the entropy kernel's H ≥ 0 rule
     return a, s, logp, entropy
 
@@ -56,8 +56,7 @@ def _impl(
     lay = _chunking.layout(x, w, chunk_size)
     mask = u.broadcast_where(where, lay.positions)
     xs = lay.chunked(u.sanitize(x, mask))
-    vocab = w.shape[1]
-    safe = u.sanitize(jnp.clip(tokens, 0, vocab - 1).astype(jnp.int32), mask)
+    safe = _indexing.clean(tokens, w.shape[1], mask)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
     logp, ent = _head_scan.head_scan(
         _chunk_outputs, dtype, grad_accumulation, xs, w, (lay.chunked(safe),), (t,)
@@ -97,8 +96,10 @@ def fused_linear_token_logprobs(
     Args:
       x: hidden states [..., H].
       w: the head kernel [H, V] (flax ``Dense`` layout).
-      tokens: integer token ids, shape ``x.shape[:-1]``. Ids outside [0, V)
-        can only be checked when concrete; under ``jit`` they are clipped.
+      tokens: integer token ids, shape ``x.shape[:-1]``. Concrete ids outside
+        [0, V) at kept positions raise; traced ones (under ``jit``) give NaN
+        at their position, in the value and the gradient, never another
+        token's log-prob.
       temperature: divides the logits (a Python float or a scalar array, which
         never recompiles); 1 gives the untempered log-probs.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``; masked
@@ -116,8 +117,9 @@ def fused_linear_token_logprobs(
       or ``(logprobs, entropy)`` with ``entropy=True``.
 
     Raises:
-      ValueError: mismatched shapes, a non-positive ``chunk_size``, a bad
-        temperature, or concrete token ids outside [0, V).
+      ValueError: mismatched shapes (also of ``where``), a non-positive
+        ``chunk_size``, a bad temperature, an empty vocabulary, or concrete
+        token ids outside [0, V).
       TypeError: floating ``tokens``, integer ``x``/``w``, traced static options.
 
     Example:
@@ -143,7 +145,8 @@ def fused_linear_token_logprobs(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "
             f"got shape {tokens.shape}."
         )
-    _checks.check_ids("tokens", tokens, w.shape[1], keep=where)
+    mask = u.broadcast_where(where, x.shape[:-1])
+    _checks.check_ids("tokens", tokens, w.shape[1], keep=mask)
     u.check_bool("entropy", entropy)
     u.check_option("grad_accumulation", grad_accumulation, _chunking.ACCUMULATIONS)
     temperature = _checks.check_temperature(temperature)
@@ -152,7 +155,7 @@ def fused_linear_token_logprobs(
         w,
         tokens,
         temperature,
-        where,
+        mask,
         chunk_size=chunk_size,
         entropy=entropy,
         grad_accumulation=grad_accumulation,

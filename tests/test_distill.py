@@ -23,13 +23,15 @@ LABELS = LABELS.at[0, 2].set(-100).at[1, 0].set(-100)
 WHERE = jnp.ones((2, 7), bool).at[1, 5].set(False)
 
 
-def materialised(kind, x, w, rx, rw, *, soft, hard, eps, reduction, **kw):
+def materialised(
+    kind, x, w, rx, rw, *, soft, hard, eps, reduction, labels=LABELS, **kw
+):
     """Both parts from the full log-softmax, written with jnp (NumPy-level)."""
     a, b = jax.nn.log_softmax(x @ w), jax.nn.log_softmax(rx @ rw)
     plain = jp.kl_divergence if kind == "kl" else jp.js_divergence
     div = plain(a, b, where=WHERE, reduction=reduction, **kw)
-    kept = WHERE & (LABELS != -100)
-    nll = -jnp.take_along_axis(a, jnp.where(kept, LABELS, 0)[..., None], -1)[..., 0]
+    kept = WHERE & (labels != -100)
+    nll = -jnp.take_along_axis(a, jnp.where(kept, labels, 0)[..., None], -1)[..., 0]
     ce_rows = jnp.where(kept, (1 - eps) * nll - eps * jnp.mean(a, -1), 0.0)
     ce = jnp.sum(ce_rows)
     if reduction == "mean":
@@ -37,7 +39,7 @@ def materialised(kind, x, w, rx, rw, *, soft, hard, eps, reduction, **kw):
     return soft * div + hard * ce, {"divergence": div, "cross_entropy": ce}
 
 
-def fused(kind, x, w, rx, rw, *, soft, hard, eps, reduction, **kw):
+def fused(kind, x, w, rx, rw, *, soft, hard, eps, reduction, labels=LABELS, **kw):
     f = jp.fused_linear_kl_divergence if kind == "kl" else jp.fused_linear_js_divergence
     return f(
         x,
@@ -45,7 +47,7 @@ def fused(kind, x, w, rx, rw, *, soft, hard, eps, reduction, **kw):
         rx,
         rw,
         where=WHERE,
-        labels=LABELS,
+        labels=labels,
         soft_weight=soft,
         hard_weight=hard,
         label_smoothing=eps,
@@ -144,6 +146,62 @@ def test_bad_labels_are_named():
         f(*args, labels=LABELS, label_smoothing=1.0)
     with pytest.raises(ValueError, match="hard_weight"):
         f(*args, labels=LABELS, hard_weight=jnp.asarray(-1.0))
+    with pytest.raises(ValueError, match="`where` to be broadcastable"):
+        f(*args, labels=LABELS, where=np.ones((3, 7), bool))
+
+
+@pytest.mark.parametrize("bad", [-1, V, 2**32 + 3])
+def test_traced_label_outside_the_vocabulary_is_nan_at_its_position(bad):
+    # Under jit the range cannot be checked: the position's cross-entropy and
+    # the gradient it sends are NaN, never the loss of token V - 1 (a negative
+    # index read from the end) or of token 3 (2**32 + 3 wrapped to int32).
+    kw = dict(soft=0.5, hard=0.5, eps=0.1, reduction="sum")
+    with jax.enable_x64(True):
+        args = heads()
+        labels = jnp.asarray(np.asarray(LABELS), jnp.int64)
+        bad_labels, ignored = labels.at[0, 3].set(bad), labels.at[0, 3].set(-100)
+
+        def ours(x, w, labels):
+            return fused("kl", x, w, *args[2:], labels=labels, **kw)
+
+        step = jax.jit(jax.value_and_grad(ours, (0, 1), has_aux=True))
+        (total, m), (gx, gw) = step(*args[:2], bad_labels)
+        assert np.isnan(total) and np.isnan(m["cross_entropy"])
+        assert np.isnan(gx[0, 3]).all() and np.isnan(gw).any()
+        # Every other position is as with that label ignored (float64 reference).
+        (_, want), (ex, _) = jax.value_and_grad(
+            functools.partial(materialised, "kl", labels=ignored, **kw),
+            (0, 1),
+            has_aux=True,
+        )(*args)
+        np.testing.assert_allclose(m["divergence"], want["divergence"], rtol=1e-12)
+        others = np.ones((2, 7), bool)
+        others[0, 3] = False
+        np.testing.assert_allclose(
+            np.asarray(gx)[others], np.asarray(ex)[others], rtol=1e-10, atol=1e-12
+        )
+
+
+def test_garbage_labels_at_masked_and_ignored_positions_are_never_read():
+    # `where`-masked positions may hold any label, eagerly and under jit: the
+    # result is exactly that with a valid label there, without a NaN.
+    args = heads(dtype=jnp.float32)
+    kw = dict(soft=0.5, hard=0.5, eps=0.1, reduction="mean")
+    garbage = LABELS.at[1, 5].set(-1)  # WHERE[1, 5] is False
+    assert int(LABELS[1, 5]) != -1 and not bool(WHERE[1, 5])
+
+    def f(x, w, labels):
+        return fused("js", x, w, *args[2:], labels=labels, **kw)
+
+    step = jax.value_and_grad(f, (0, 1), has_aux=True)
+    want = step(*args[:2], LABELS)
+    for got in (step(*args[:2], garbage), jax.jit(step)(*args[:2], garbage)):
+        for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+    # The same eagerly at an unmasked position is refused, naming the label.
+    with pytest.raises(ValueError, match=r"`labels` in \[0, 11\).*got \[-1\]"):
+        f(*args[:2], LABELS.at[0, 5].set(-1))
 
 
 @pytest.mark.parametrize("n", [4096, 32768])

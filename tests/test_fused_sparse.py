@@ -76,3 +76,37 @@ def test_jit_float32_and_errors():
         jp.fused_linear_sparse_kl_divergence(
             x, w, idx, t, tail="bucket", temperature=2.0
         )
+
+
+@pytest.mark.parametrize("bad", [-1, V, "repeated"])
+def test_traced_bad_index_is_nan_at_its_position_and_masked_garbage_is_not(bad):
+    # An index outside [0, V) or repeated at a kept position gives NaN there,
+    # in the value and in the gradient it sends to x and w; garbage at a
+    # masked position (WHERE[1, 2]) is never read.
+    with jax.enable_x64(True):
+        x, w, idx, t = inputs()
+        i = idx.at[1, 3, 0].set(idx[1, 3, 2] if bad == "repeated" else bad)
+        i = i.at[1, 2].set(jnp.asarray([-5, 3, 3, V + 9]))
+
+        @jax.jit
+        def ours(x, w, i):
+            return jp.fused_linear_sparse_kl_divergence(
+                x, w, i, t, where=WHERE, reduction="none", chunk_size=3
+            )
+
+        others = np.asarray(WHERE).copy()
+        others[1, 3] = False
+
+        def dense(x, w):
+            return jp.sparse_kl_divergence(
+                jax.nn.log_softmax(x @ w), idx, t, where=others, reduction="none"
+            )
+
+        got = np.asarray(ours(x, w, i))
+        assert np.isnan(got[1, 3]) and got[1, 2] == 0.0
+        np.testing.assert_allclose(got[others], dense(x, w)[others], rtol=1e-10)
+        gx, gw = jax.grad(lambda x, w: jnp.sum(ours(x, w, i)), (0, 1))(x, w)
+        assert np.isnan(gx[1, 3]).all() and np.isnan(gw).any()
+        assert np.all(gx[1, 2] == 0.0)
+        ex = jax.grad(lambda x: jnp.sum(dense(x, w)))(x)
+        np.testing.assert_allclose(gx[others], ex[others], rtol=1e-10, atol=1e-12)

@@ -434,6 +434,27 @@ def test_traced_out_of_range_index_gives_nan_not_a_number():
         assert np.isfinite(np.asarray(got).ravel()[1:]).all()
 
 
+@pytest.mark.parametrize("tail", TAILS)
+@pytest.mark.parametrize("bad", ["negative", "V", "repeated"])
+def test_traced_bad_index_is_nan_in_value_and_gradient(bad, tail):
+    # Under jit the eager checks cannot run: an index outside [0, V) or one
+    # given twice (which would count its entry twice: [[2, 2, 4]] gave
+    # 0.0959) makes that position's value NaN, and the gradient it sends.
+    student, idx, lq = make_case(np.random.default_rng(16))
+    i = idx.copy()
+    i[0, 1, 2] = {"negative": -1, "V": V, "repeated": i[0, 1, 4]}[bad]
+    s, q = f32(student, lq)
+    f = jax.jit(functools.partial(sparse_kl_divergence, tail=tail, reduction="none"))
+    got = np.asarray(f(s, i, q))
+    want = ref_value("forward", *ref_dists(student, idx, lq, tail))
+    others = np.ones(POS, bool)
+    others[0, 1] = False
+    assert np.isnan(got[0, 1])
+    np.testing.assert_allclose(got[others], want[others], rtol=2e-5, atol=1e-7)
+    g = np.asarray(jax.grad(lambda s: jnp.sum(f(s, i, q)))(s))
+    assert np.isnan(g[0, 1]).any() and np.isfinite(g[others]).all()
+
+
 def test_vmap_equals_batch():
     student, idx, lq = make_case(np.random.default_rng(17))
     s, q = f32(student, lq)

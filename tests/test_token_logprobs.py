@@ -83,6 +83,37 @@ def test_masked_garbage_reaches_neither_value_nor_gradient_and_jit_vmap():
     np.testing.assert_allclose(rows, reference(x, w, tokens)[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [-1, V, 2**32 + 3])
+def test_traced_token_outside_the_vocabulary_is_nan_at_its_position(bad):
+    # Under jit the range cannot be checked: that position's log-prob and the
+    # gradient it sends are NaN, never a clipped token's (0 or V - 1) number.
+    with jax.enable_x64(True):
+        x, w, tokens = inputs()
+        tokens = jnp.asarray(np.asarray(tokens), jnp.int64)
+        others = np.ones((2, 7), bool)
+        others[1, 4] = False
+
+        @jax.jit
+        def ours(x, w, tokens):
+            return jp.fused_linear_token_logprobs(
+                x, w, tokens, chunk_size=4, entropy=True
+            )
+
+        lp, ent = ours(x, w, tokens.at[1, 4].set(bad))
+        want_lp, want_ent = reference(x, w, tokens)
+        assert np.isnan(lp[1, 4])
+        np.testing.assert_allclose(lp[others], want_lp[others], rtol=1e-12)
+        np.testing.assert_allclose(ent, want_ent, rtol=1e-12)  # H needs no token
+        gx, gw = jax.grad(
+            lambda x, w: jnp.sum(ours(x, w, tokens.at[1, 4].set(bad))[0]), (0, 1)
+        )(x, w)
+        assert np.isnan(gx[1, 4]).all() and np.isnan(gw).any()
+        ex = jax.grad(
+            lambda x: jnp.sum(jnp.where(others, reference(x, w, tokens)[0], 0))
+        )(x)
+        np.testing.assert_allclose(gx[others], ex[others], rtol=1e-10, atol=1e-12)
+
+
 def test_bf16_head_and_a_grpo_style_k3_kl():
     x, w, tokens = inputs(dtype=jnp.bfloat16)
     ref_w = (w.astype(jnp.float32) * 0.9).astype(jnp.bfloat16)
@@ -139,3 +170,7 @@ def test_bad_inputs_are_named():
         f(x, w[:3], tokens)
     with pytest.raises(ValueError, match="temperature"):
         f(x, w, tokens, temperature=0.0)
+    with pytest.raises(ValueError, match="`where` to be broadcastable"):
+        f(x, w, tokens, where=np.ones((3, 7), bool))
+    with pytest.raises(ValueError, match="`w` .* at least one entry"):
+        f(x, w[:, :0], tokens)
