@@ -33,7 +33,8 @@ def check_temperature(temperature: Any) -> Any:
     > 0; a tiny one is the greedy limit (argmax), never NaN. Any other value
     than the Python 1 (including an array, traced or not) is kept dynamic so
     that changing it never recompiles. A traced T ≤ 0 or non-finite T cannot
-    be checked and gives NaN.
+    be checked and gives NaN (so may a traced subnormal T on a backend that
+    flushes subnormals to 0; a concrete one is raised to the smallest normal).
     """
     temperature = u.check_scalar("temperature", temperature, low=0.0, open_low=True)
     if isinstance(temperature, float):
@@ -41,8 +42,14 @@ def check_temperature(temperature: Any) -> Any:
             return None
         # A strongly typed scalar in the default float width: Python floats and
         # float32 arrays share one compiled version, and x64 keeps all digits.
-        return np.asarray(temperature, np.float64 if _x64() else np.float32)
-    return temperature
+        temperature = np.asarray(temperature, np.float64 if _x64() else np.float32)
+    if isinstance(temperature, jax.core.Tracer):
+        return temperature
+    # A concrete subnormal T is raised to the smallest normal number here, on
+    # the host: a backend that flushes subnormals would read it as T = 0, which
+    # the kernels turn into NaN (the greedy limit is the same either way).
+    concrete = np.asarray(temperature)
+    return np.maximum(concrete, np.finfo(concrete.dtype).tiny).astype(concrete.dtype)
 
 
 def _x64() -> bool:
@@ -85,8 +92,19 @@ def check_linear_head(x: Any, w: Any, chunk_size: Any) -> tuple[Array, Array]:
             "Expected `x` [..., H] and a 2-D kernel `w` [H, V], got shapes "
             f"{x.shape} and {w.shape}."
         )
+    _check_vocabulary("w", w)
     check_chunk_size(chunk_size)
     return x, w
+
+
+def _check_vocabulary(name: str, kernel: Array) -> None:
+    """A head kernel [H, V] needs V ≥ 1: a softmax over no entry is no
+    distribution."""
+    if kernel.shape[1] == 0:
+        raise ValueError(
+            f"Expected `{name}` [H, V] to have a vocabulary of at least one "
+            f"entry, got shape {kernel.shape}."
+        )
 
 
 def check_chunk_size(chunk_size: Any) -> None:
@@ -163,6 +181,7 @@ def check_heads(
             "Expected `w` and `ref_w` to have the same vocabulary size (last "
             f"axis), got shapes {w.shape} and {ref_w.shape}."
         )
+    _check_vocabulary("w", w)
     if x.shape[:-1] != ref_x.shape[:-1]:
         raise ValueError(
             "Expected `x` and `ref_x` to have the same position shape (all axes "
@@ -173,11 +192,16 @@ def check_heads(
 
 
 def check_hard(
-    hard: tuple[Any, Any, Any, Any, Any], x: Array, w: Array, reduction: str
+    hard: tuple[Any, Any, Any, Any, Any],
+    x: Array,
+    w: Array,
+    reduction: str,
+    where: Any = None,
 ) -> dict[str, Any]:
     """Validates the hard-label options of the fused divergences, ``hard =
     (labels, ignore_index, soft_weight, hard_weight, label_smoothing)``; returns
-    them by name, or {} when ``labels`` is None."""
+    them by name, or {} when ``labels`` is None. Concrete labels are checked
+    where a concrete ``where`` keeps them (masked ones may be garbage)."""
     labels, ignore_index, soft_weight, hard_weight, label_smoothing = hard
     if labels is None:
         return {}
@@ -197,12 +221,16 @@ def check_hard(
     smoothing = u.check_scalar(
         "label_smoothing", label_smoothing, low=0.0, high=1.0, open_high=True
     )
-    if not isinstance(labels, jax.core.Tracer):  # concrete: check the range
+    mask = u.broadcast_where(where, x.shape[:-1])
+    if not isinstance(labels, jax.core.Tracer) and not isinstance(
+        mask, jax.core.Tracer
+    ):  # concrete: check the range where kept
+        keep = np.asarray(labels) != ignore_index
         check_ids(
             "labels",
             labels,
             w.shape[1],
-            keep=np.asarray(labels) != ignore_index,
+            keep=keep if mask is None else keep & np.asarray(mask),
             allowed=f" or `ignore_index` ({ignore_index})",
         )
     return {

@@ -30,6 +30,11 @@ def _is_array_like_value(value: Any) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
 
 
+def _is_real_dtype(dtype: Any) -> bool:
+    """Integer or float, bfloat16 included (not an ``np.number`` to NumPy)."""
+    return any(jnp.issubdtype(dtype, kind) for kind in (jnp.integer, jnp.floating))
+
+
 def check_static(name: str, value: Any) -> None:
     """Raises ``TypeError`` if ``value`` is an array or tracer.
 
@@ -72,15 +77,20 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> None:
         raise ValueError(f"Expected `{name}` to be >= {minimum}, got {value!r}.")
 
 
+def as_array(name: str, x: Any, expected: str) -> jax.Array:
+    """``jnp.asarray(x)``; ``TypeError("Expected `name` to be {expected}, got
+    …")`` for what JAX cannot convert (None, a dict, a list holding None)."""
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Expected `{name}` to be {expected}, got {type(x).__name__} {x!r:.60}."
+        ) from None
+
+
 def check_floating(name: str, x: Any) -> jax.Array:
     """Returns ``x`` as an array, raising ``TypeError`` unless it is floating."""
-    try:
-        x = jnp.asarray(x)
-    except TypeError:
-        raise TypeError(
-            f"Expected `{name}` to be a floating-point array, got "
-            f"{type(x).__name__} {x!r:.60}."
-        ) from None
+    x = as_array(name, x, "a floating-point array")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
             f"Expected `{name}` to be a floating-point array, got dtype {x.dtype}."
@@ -139,7 +149,7 @@ def broadcast_where(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
     broadcasts it, as a boolean mask, to the position ``shape``."""
     if where is None:
         return None
-    where = jnp.asarray(where)
+    where = as_array("where", where, "a boolean or numeric mask")
     if where.dtype != jnp.bool_:
         if not (
             jnp.issubdtype(where.dtype, jnp.integer)
@@ -225,11 +235,12 @@ def check_scalar(
     """Validates a numeric argument that is *not* static (weights, temperature,
     bounds), one rule for every type.
 
-    A concrete value (a Python number, a NumPy scalar or a concrete JAX scalar
-    array) must be finite and in range, whatever its type; a Python number is
-    returned as a ``float``, an array as a JAX array. A traced value cannot be
-    checked at trace time: it is returned as is, and a value outside the range
-    gives the function's documented out-of-range result. Either way the value
+    A concrete value (a Python number, or a NumPy or JAX scalar of any integer
+    or float dtype, bfloat16 included) must be finite and in range; a number is
+    returned as a ``float``, an array as float32 (float64 for float64): the
+    float32 result, in float32 arithmetic under strict promotion. A traced
+    value, cast likewise, cannot be checked at trace time: a value outside the
+    range gives the function's documented out-of-range result. Either way the value
     reaches the jitted core as a dynamic argument, so changing it never
     recompiles.
     """
@@ -243,17 +254,14 @@ def check_scalar(
                 f"Expected `{name}` to be a scalar, got an array of shape "
                 f"{np.shape(value)}."
             )
-        if not np.issubdtype(np.result_type(value.dtype), np.number) or np.issubdtype(
-            value.dtype, np.bool_
-        ):
+        if not _is_real_dtype(value.dtype):
             raise ValueError(
                 f"Expected `{name}` to be a number, got an array of dtype "
                 f"{value.dtype}."
             )
-        if isinstance(value, jax.core.Tracer):
-            return value  # traced: kept dynamic, cannot be checked here
-        _check_range(name, float(value), low, high, open_low, open_high)
-        return jnp.asarray(value)
+        if not isinstance(value, jax.core.Tracer):  # traced: cannot be checked
+            _check_range(name, float(value), low, high, open_low, open_high)
+        return jnp.asarray(value).astype(compute_dtype(value))
     value = float(value)
     _check_range(name, value, low, high, open_low, open_high)
     return value
@@ -318,14 +326,11 @@ def check_weight(name: str, weight: Any, *, fixed: bool = False) -> Any:
             f"step -> weight), got {weight!r}."
         )
     if not isinstance(weight, numbers.Real):
-        if np.ndim(weight) != 0 or not np.issubdtype(
-            np.asarray(weight).dtype, np.number
-        ):
+        if np.ndim(weight) != 0 or not _is_real_dtype(weight.dtype):
             raise TypeError(
                 f"Expected `{name}` to be a scalar number, got an array of shape "
                 f"{np.shape(weight)}."
             )
-        weight = float(np.asarray(weight))
     return check_scalar(name, float(weight), low=0.0)
 
 

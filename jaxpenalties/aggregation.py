@@ -42,8 +42,8 @@ def _aggregate_impl(
         count = jnp.asarray(tokens.size, dtype)
     elif mode == "seq-mean-token-sum":
         total, count = jnp.sum(values), jnp.asarray(tokens.size, dtype)
-    else:  # Dr. GRPO: a constant normaliser, the maximum length T
-        total = jnp.sum(values) / values.shape[-1]
+    else:  # Dr. GRPO: a constant normaliser, the maximum length T (0 if T = 0)
+        total = jnp.sum(values) / max(values.shape[-1], 1)
         count = jnp.asarray(tokens.size, dtype)
     if normalizer is not None:
         count = jnp.asarray(normalizer, dtype)
@@ -72,7 +72,8 @@ def aggregate(
     ``normalizer`` replaces the denominator (Σ L_b, or B): give the count of
     the *whole* batch to each micro-batch and the sum of the micro-batch
     results equals the full-batch value, gradients included (HF's
-    ``num_items_in_batch``). A sequence with no kept token adds 0.
+    ``num_items_in_batch``). A sequence with no kept token adds 0, and an
+    empty batch (B = 0 or T = 0) gives 0 in every mode.
 
     Args:
       values: per-token values, e.g. ``kl_estimate(..., reduction="none")``.

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._regularize_steps import weighted
 from jaxpenalties._types import ArrayLike, Estimator
 from jaxpenalties.estimators import kl_estimate
 
@@ -82,10 +83,22 @@ def adaptive_kl_controller(
 
         e = \mathrm{clip}\Big(\frac{\mathrm{KL}}{\mathrm{target}} - 1,
             -e_{max}, e_{max}\Big), \qquad
-        \beta \leftarrow \beta \Big(1 + e \, \frac{n_{steps}}{\mathrm{horizon}}\Big)
+        \beta \leftarrow \beta \max\Big(0,\;
+            1 + e \, \frac{n_{steps}}{\mathrm{horizon}}\Big)
 
     β grows while the observed KL is above the target and shrinks below it,
     by at most ``max_error · n_steps / horizon`` per update.
+
+    The multiplier is floored at 0, so β never turns negative (a negative β
+    would reward the KL). TRL's update has no floor: its multiplier
+    1 − e_max · n_steps / horizon is negative once ``n_steps > horizon /
+    max_error`` (500 steps for horizon 100) with the KL far below target.
+    Where TRL's β stays positive the numbers are TRL's exactly; where it would
+    cross zero, β = 0, the limit that TRL itself reaches at a multiplier of
+    exactly 0. β = 0 is final (a multiplicative update cannot leave it, as with
+    ``init_coef=0``): keep ``n_steps · max_error < horizon`` to never reach it.
+    A non-finite ``observed_kl`` (NaN or ±inf, e.g. from one bad batch) leaves
+    the state unchanged, so it never poisons later steps.
 
     Args:
       init_coef: the initial β ≥ 0.
@@ -119,8 +132,11 @@ def adaptive_kl_controller(
     ) -> KLControllerState:
         kl = jnp.asarray(observed_kl, jnp.float32)
         error = jnp.clip(kl / target - 1, -max_error, max_error)
-        coef = state.coef * (1 + error * jnp.asarray(n_steps, jnp.float32) / horizon)
-        return KLControllerState(coef.astype(state.coef.dtype))
+        steps = jnp.asarray(n_steps, jnp.float32)
+        multiplier = jnp.maximum(1 + error * steps / horizon, 0)  # β ≥ 0
+        coef = (state.coef * multiplier).astype(state.coef.dtype)
+        # A NaN or inf observation is skipped: it would stick in β forever.
+        return KLControllerState(jnp.where(jnp.isfinite(kl), coef, state.coef))
 
     return KLController(init, update)
 
@@ -151,7 +167,9 @@ def kl_penalized_rewards(
         0 elsewhere).
       logprobs: log π of the sampled tokens, same shape.
       ref_logprobs: log π_ref of the same tokens, same shape.
-      coef: β ≥ 0 (e.g. ``state.coef`` of a controller).
+      coef: β ≥ 0 (e.g. ``state.coef`` of a controller). β = 0, also traced,
+        gives exactly the rewards, even where kl_t is inf (a token the
+        reference excludes), as a weight of 0 in ``regularize`` does.
       estimator: ``"k1"``, ``"k2"`` or ``"k3"``. Static.
       where: optional mask (nonzero = kept); masked tokens get reward 0.
 
@@ -167,13 +185,14 @@ def kl_penalized_rewards(
       [-0.06931472  1.        ]
     """
     rewards = u.check_floating("rewards", rewards)
+    logprobs = u.check_floating("logprobs", logprobs)
     u.check_same_shape("rewards", rewards, "logprobs", logprobs)
     coef = u.check_scalar("coef", coef, low=0.0)
     kl = kl_estimate(
         logprobs, ref_logprobs, estimator=estimator, reduction="none", where=where
     )
-    out = rewards.astype(kl.dtype) - jnp.asarray(
-        coef, kl.dtype
-    ) * jax.lax.stop_gradient(kl)
+    # β·kl by regularize's rule: exactly 0 at β = 0, also where kl is inf.
+    penalty = weighted(jnp.asarray(coef), jax.lax.stop_gradient(kl), kl.dtype)
+    out = rewards.astype(kl.dtype) - penalty
     mask = u.broadcast_where(where, rewards.shape)
     return out if mask is None else jnp.where(mask, out, jnp.zeros((), out.dtype))

@@ -29,7 +29,14 @@ _CENTER_TREE: _CenterMode = "t"
 
 
 def _leaves(x: PyTree, name: str = "x") -> list[jax.Array]:
-    """The floating leaves of ``x``; a non-floating leaf raises, naming its path."""
+    """The floating leaves of ``x``; a non-floating leaf raises, naming its path.
+
+    ``x=None`` is refused (a missing input, not a tree), while a ``None``
+    inside a tree is an empty subtree, as everywhere in JAX."""
+    if x is None:
+        raise TypeError(
+            f"Expected `{name}` to be an array or a pytree of arrays, got None."
+        )
     return [u.check_floating(path, leaf) for path, leaf in u.named_leaves(x, name)]
 
 

@@ -17,16 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxpenalties import _utils as u
+from jaxpenalties._tree_updates import add_gradient, require_params
 from jaxpenalties._types import PyTree
-from jaxpenalties.penalties import elastic_net, l1, l2
-
-
-def _require_params(transform: str, params: PyTree) -> None:
-    """The penalty transforms read the params: ``update`` must be given them."""
-    if params is None:
-        raise ValueError(
-            f"{transform} needs the params: call `update(updates, state, params)`."
-        )
+from jaxpenalties.penalties import elastic_net, l1
 
 
 class PenaltyGradientState(NamedTuple):
@@ -39,30 +32,6 @@ class PenaltyGradientState(NamedTuple):
     # `count` shadows tuple.count, which mypy reports as an override; the name
     # is public (as in optax's states) and reading it works as expected.
     count: jax.Array  # type: ignore[assignment]
-
-
-def _mask_is_callable(mask: Any) -> bool:
-    """optax.masked's rule: a mask is a function when all its pytree leaves are
-    callable. A callable pytree of booleans (an equinox Module used as a mask)
-    is a mask tree, not a function."""
-    leaves = jax.tree.leaves(jax.tree.map(callable, mask))
-    return len(leaves) > 0 and all(leaves)
-
-
-def _leaf_mask(mask: Any, params: Any) -> list[bool]:
-    """One Python bool per leaf of ``params`` (``mask`` may be a prefix tree)."""
-    mask_tree = mask(params) if _mask_is_callable(mask) else mask
-    try:
-        full = jax.tree.map(
-            lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params
-        )
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            "Expected `mask` to be a pytree of bools with the structure of the "
-            "params (or a prefix of it), or a callable params -> such a pytree, "
-            f"as in optax.masked. {err}"
-        ) from err
-    return jax.tree.leaves(full)
 
 
 def add_penalty_gradient(
@@ -138,32 +107,24 @@ def add_penalty_gradient(
     def update_fn(
         updates: PyTree, state: PenaltyGradientState, params: PyTree = None
     ) -> tuple[PyTree, PenaltyGradientState]:
-        _require_params("add_penalty_gradient", params)
+        require_params("add_penalty_gradient", params)
         w = weight(state.count) if callable(weight) else weight
-        leaves, treedef = jax.tree.flatten(params)
-        selected = [True] * len(leaves) if mask is None else _leaf_mask(mask, params)
+        treedef = jax.tree.structure(params)
 
-        def penalty_of_selected(chosen: list[Any]) -> jax.Array:
-            it = iter(chosen)
-            full = [next(it) if s else x for x, s in zip(leaves, selected, strict=True)]
-            return penalty_fn(jax.tree.unflatten(treedef, full))
+        def gradient_of(leaves: list[Any], selected: list[bool]) -> list[jax.Array]:
+            def penalty_of_selected(chosen: list[Any]) -> jax.Array:
+                it = iter(chosen)
+                full = [
+                    next(it) if s else x for x, s in zip(leaves, selected, strict=True)
+                ]
+                return penalty_fn(jax.tree.unflatten(treedef, full))
 
-        chosen = [x for x, s in zip(leaves, selected, strict=True) if s]
-        grads = iter(jax.grad(penalty_of_selected)(chosen))
-        flat_updates, updates_def = jax.tree.flatten(updates)
-        # JAX annotates tree structures with `PyTreeDef`, a variable alias that
-        # mypy cannot resolve as a type: comparing two is an error to it only.
-        if updates_def != treedef:  # type: ignore[operator]
-            raise ValueError(
-                "Expected `updates` and `params` to have the same structure, got "
-                f"{updates_def} and {treedef}."
-            )
-        new = [
-            (g + w * next(grads)).astype(jnp.result_type(g)) if s else g
-            for g, s in zip(flat_updates, selected, strict=True)
-        ]
+            chosen = [x for x, s in zip(leaves, selected, strict=True) if s]
+            return jax.grad(penalty_of_selected)(chosen)
+
+        new = add_gradient(updates, params, mask, w, gradient_of)
         count = optax.safe_increment(state.count)
-        return jax.tree.unflatten(treedef, new), PenaltyGradientState(count=count)
+        return new, PenaltyGradientState(count=count)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -189,6 +150,13 @@ def add_l2_sp_decay(
     over: a jitted step then takes it as an argument, where a closed-over
     pytree of 50M parameters becomes constants that XLA folds for seconds.
 
+    ``init`` stores a *copy* of ``center`` (its own buffers), so the centre
+    may be the very params training starts from (``params = base_params``)
+    and a step jitted with ``donate_argnums`` for params and optimiser state
+    neither donates the same buffer twice nor deletes the caller's
+    ``center``. The copy costs one centre's memory until the caller drops
+    its own reference. Integer leaves (a step counter) are left unchanged.
+
     Args:
       weight: a number >= 0, a scalar array, or an optax schedule on the count.
       center: the pre-trained params (same structure as the params).
@@ -212,27 +180,40 @@ def add_l2_sp_decay(
     weight = u.check_weight("weight", weight)
 
     def init_fn(params: PyTree) -> L2SPState:
-        # (PyTreeDef: see add_penalty_gradient.)
+        # (PyTreeDef: see _tree_updates.add_gradient.)
         if jax.tree.structure(params) != jax.tree.structure(center):  # type: ignore[operator]
             raise ValueError(
                 "Expected `center` to have the structure of the params, got "
                 f"{jax.tree.structure(center)} and {jax.tree.structure(params)}."
             )
-        return L2SPState(count=jnp.zeros([], jnp.int32), center=center)
+        for (path, p), c in zip(
+            u.named_leaves(params, "params"), jax.tree.leaves(center), strict=True
+        ):
+            if jnp.shape(p) != jnp.shape(c):
+                raise ValueError(
+                    f"Expected `center` to match the shapes of the params: `{path}` "
+                    f"has shape {jnp.shape(p)}, its centre {jnp.shape(c)}."
+                )
+        # A copy the state owns: it never aliases the params (the centre often
+        # *is* the initial params), so a step may donate params and state.
+        return L2SPState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, center))
 
     def update_fn(
         updates: PyTree, state: L2SPState, params: PyTree = None
     ) -> tuple[PyTree, L2SPState]:
-        _require_params("add_l2_sp_decay", params)
-        inner = add_penalty_gradient(
-            lambda p: l2(p, center=state.center),
-            weight,
-            mask=mask,
-        )
-        new, inner_state = inner.update(
-            updates, PenaltyGradientState(count=state.count), params
-        )
-        return new, L2SPState(count=inner_state.count, center=state.center)
+        require_params("add_l2_sp_decay", params)
+        w = weight(state.count) if callable(weight) else weight
+
+        def gradient_of(leaves: list[Any], selected: list[bool]) -> list[jax.Array]:
+            # ∇ Σ (p − c)² = 2 (p − c), in float32 (float64 for float64 leaves).
+            centers = jax.tree.leaves(state.center)
+            kept = zip(leaves, centers, selected, strict=True)
+            pairs = [u.upcast(p, c) for p, c, s in kept if s]
+            return [2 * (p - c) for p, c in pairs]
+
+        new = add_gradient(updates, params, mask, w, gradient_of)
+        count = optax.safe_increment(state.count)
+        return new, L2SPState(count=count, center=state.center)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -72,3 +72,15 @@ def test_validation_and_empty_batch():
         jp.aggregate(v, mode="sum")
     with pytest.raises(ValueError, match="normalizer"):
         jp.aggregate(v, normalizer=0.0)
+
+
+@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+def test_empty_sequences_give_zero_in_every_mode(mode):
+    # T = 0 (Dr. GRPO divides by T) and B = 0: an empty sum, 0 and never NaN,
+    # also with a normaliser and under grad.
+    for shape in ((2, 0), (0, 3), (0, 0)):
+        v = jnp.zeros(shape)
+        assert float(jp.aggregate(v, mode=mode)) == 0.0, shape
+        assert float(jp.aggregate(v, mode=mode, normalizer=4.0)) == 0.0, shape
+        g = jax.grad(lambda v: jp.aggregate(v, mode=mode))(v)
+        assert g.shape == shape

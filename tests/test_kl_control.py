@@ -90,3 +90,57 @@ def test_kl_in_the_reward_matches_the_per_token_formula():
     np.testing.assert_array_equal(g, 0.0)
     with pytest.raises(ValueError, match="same shape"):
         jp.kl_penalized_rewards(rewards[:, :3], lp, ref, 0.1)
+
+
+def test_adaptive_coefficient_never_goes_negative():
+    # TRL's multiplier 1 + e·n/h is 1 − 0.2·512/100 = −0.024 here: β would turn
+    # negative (a KL *bonus*). Ours floors the multiplier at 0: β = 0, exactly.
+    ctl = jp.adaptive_kl_controller(0.1, target=6.0, horizon=100.0)
+    for update in (ctl.update, jax.jit(ctl.update)):
+        state = update(ctl.init(), observed_kl=0.0, n_steps=512)
+        assert float(state.coef) == 0.0
+        # β = 0 stays 0 (multiplicative), whatever is observed later.
+        assert float(update(state, 100.0, 1).coef) == 0.0
+    # Over a grid of (kl, n_steps) the coefficient is max(TRL's, 0): TRL's
+    # numbers (float64, by hand) wherever TRL's β stays positive.
+    for kl in (0.0, 3.0, 5.9, 6.0, 7.0, 50.0):
+        for n in (1, 100, 499, 500, 501, 5000):
+            got = float(jax.jit(ctl.update)(ctl.init(), kl, n).coef)
+            trl = reference_adaptive(0.1, 6.0, 100.0, [kl], n)[0]
+            assert got >= 0.0
+            # atol: float32 cancellation in 1 + e·n/h near 0 (n ≈ 500).
+            np.testing.assert_allclose(got, max(trl, 0.0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_observation_leaves_the_state_unchanged(bad):
+    ctl = jp.adaptive_kl_controller(0.2, target=6.0, horizon=1000.0)
+    update = jax.jit(ctl.update)
+    state = update(ctl.init(), 9.0, 64)
+    same = update(state, jnp.float32(bad), 64)
+    assert float(same.coef) == float(state.coef)
+    # The next finite observation continues from there (no NaN sticks).
+    after = update(same, 7.0, 64)
+    want = reference_adaptive(0.2, 6.0, 1000.0, [9.0, 7.0], 64)[-1]
+    np.testing.assert_allclose(after.coef, want, rtol=1e-6)
+
+
+def test_zero_coefficient_gives_exactly_the_rewards():
+    # log π_ref = −inf at the first token: k1 = +inf, and 0 · inf would be NaN.
+    rewards = jnp.asarray([[0.5, 0.0, 1.0]])
+    lp = jnp.asarray([[-1.0, -2.0, -0.5]])
+    ref = jnp.asarray([[-jnp.inf, -2.5, -0.5]])
+    for est in ("k1", "k2", "k3"):
+        got = jp.kl_penalized_rewards(rewards, lp, ref, 0.0, estimator=est)
+        np.testing.assert_array_equal(got, rewards)
+        # A traced β = 0 (a controller's state) as well.
+        traced = jax.jit(
+            lambda c, est=est: jp.kl_penalized_rewards(
+                rewards, lp, ref, c, estimator=est
+            )
+        )(jnp.float32(0.0))
+        np.testing.assert_array_equal(traced, rewards)
+    # β > 0 keeps the true value: −inf where the reference excludes the token.
+    got = jp.kl_penalized_rewards(rewards, lp, ref, 0.1)
+    assert got[0, 0] == -np.inf
+    np.testing.assert_allclose(got[0, 1:], [0.0 - 0.1 * 0.5, 1.0], rtol=1e-6)

@@ -4,6 +4,7 @@ its links resolve, and its quickstart runs as written."""
 import pathlib
 import re
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,3 +65,8 @@ def test_quickstart_runs(capsys):
     assert [float(s[3]) for s in steps] == [0.0, 0.05, 0.1, 0.1]
     losses = [float(s[1]) for s in steps]
     assert losses[-1] < losses[0]  # the regularised step trains
+    # The step donates params and optimiser state, as users do at scale; the
+    # L2-SP centre (the frozen base model) survives it.
+    assert "donate_argnums=(0, 1)" in code
+    base = namespace["base_params"]
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(base))

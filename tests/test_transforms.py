@@ -428,3 +428,92 @@ def test_l2_sp_decay_keeps_the_centre_in_the_state_and_matches_the_closure():
     assert int(state.count) == 1 and state.center is not None
     with pytest.raises(ValueError, match="structure"):
         jp.add_l2_sp_decay(0.1, {"a": center["a"]}).init(params)
+
+
+# ---------------------------------------------------------------------------
+# Every path holds: bf16 params, integer leaves, donated params and state
+# ---------------------------------------------------------------------------
+
+_WEIGHTS = {
+    "schedule": optax.linear_schedule(0.25, 0.5, 4),  # float32 arrays
+    "float32 array": jnp.asarray(0.25, jnp.float32),
+    "bfloat16 array": jnp.asarray(0.25, jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("kind", _WEIGHTS)
+def test_bfloat16_params_with_a_schedule_or_an_array_weight(params, kind):
+    # Under the suite's strict dtype promotion; the expected updates come from
+    # the bf16 values in float64: u + 0.25 · 2 (p − c), rounded to bf16 once.
+    p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    c16 = jax.tree.map(lambda x: (x + 0.5).astype(jnp.bfloat16), params)
+    u16 = jax.tree.map(lambda x: jnp.full(x.shape, 0.125, jnp.bfloat16), params)
+    weight = _WEIGHTS[kind]
+    for tx in (
+        jp.add_l2_sp_decay(weight, c16),
+        jp.add_penalty_gradient(functools.partial(jp.l2, center=c16), weight),
+    ):
+        updates, _ = jax.jit(tx.update)(u16, tx.init(p16), p16)
+        want = jax.tree.map(
+            lambda p, c: 0.125 + 0.25 * 2 * (np_tree(p) - np_tree(c)), p16, c16
+        )
+        for got, w in zip(jax.tree.leaves(updates), jax.tree.leaves(want), strict=True):
+            assert got.dtype == jnp.bfloat16
+            np.testing.assert_allclose(np.float64(got), w, rtol=1e-2, atol=1e-2)
+
+
+def test_integer_leaves_pass_through_unchanged():
+    # An int step counter among the params (as some model states hold): no
+    # gradient exists for it; the float leaves get theirs, the int leaf its update.
+    params = {"w": jnp.asarray([1.0, -2.0]), "step": jnp.asarray(3, jnp.int32)}
+    updates = {"w": jnp.zeros(2), "step": jnp.asarray(0, jnp.int32)}
+    center = {"w": jnp.asarray([0.5, 0.5]), "step": jnp.asarray(0, jnp.int32)}
+    tx = jp.add_penalty_gradient(lambda p: jnp.sum(p["w"] ** 2), 0.1)
+    got, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    np.testing.assert_allclose(got["w"], [0.2, -0.4], rtol=1e-6)  # 0.1 · 2w
+    assert got["step"] == 0 and got["step"].dtype == jnp.int32
+    tx = jp.add_l2_sp_decay(0.1, center)
+    got, _ = jax.jit(tx.update)(updates, tx.init(params), params)
+    np.testing.assert_allclose(got["w"], [0.1, -0.5], rtol=1e-6)  # 0.1 · 2(w − c)
+    assert got["step"] == 0 and got["step"].dtype == jnp.int32
+    # A penalty that reads the int leaf itself names it.
+    tx = jp.add_penalty_gradient(jp.l2, 0.1)
+    with pytest.raises(TypeError, match=r"x\['step'\]"):
+        tx.update(updates, tx.init(params), params)
+
+
+def test_l2_sp_state_owns_its_centre_so_params_and_state_can_be_donated():
+    # Fine-tuning starts at the centre, and the step donates params and state
+    # (what users do at scale). Before, params *being* the centre made XLA
+    # "donate the same buffer twice", and donating the state deleted the
+    # caller's centre.
+    def run(start_from_a_copy):
+        center = {"a": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([[0.5, 0.25]])}
+        params = jax.tree.map(jnp.copy, center) if start_from_a_copy else center
+        tx = optax.chain(jp.add_l2_sp_decay(0.5, center=center), optax.scale(-0.1))
+        state = tx.init(params)
+        leaves = zip(
+            jax.tree.leaves(state[0].center), jax.tree.leaves(params), strict=True
+        )
+        for c, p in leaves:
+            assert c.unsafe_buffer_pointer() != p.unsafe_buffer_pointer()
+        grads = jax.tree.map(jnp.ones_like, params)
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(params, state):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        ref = c = np_tree(center)
+        for _ in range(3):
+            params, state = step(params, state)
+            # p ← p − 0.1 (1 + 0.5 · 2 (p − c)), by hand in float64
+            ref = jax.tree.map(lambda p, c: p - 0.1 * (1 + (p - c)), ref, c)
+        assert_trees_close(params, ref, rtol=1e-6)
+        assert_trees_close(state[0].center, c, rtol=0)
+        return center
+
+    run(start_from_a_copy=False)  # the caller donated its own centre: fine
+    center = run(start_from_a_copy=True)
+    # Donating the optimiser state did not delete the caller's centre.
+    assert not any(x.is_deleted() for x in jax.tree.leaves(center))
