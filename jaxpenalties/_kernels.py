@@ -380,7 +380,7 @@ def _coefficients(
         through_normalisation(g, n, s, t, logits, g_sum)[0]
         for (g, n, s), g_sum in zip(fresh(1), sums, strict=True)
     ]
-    dt = None
+    dt: Array | None = None
     if t is not None:  # the temperature's row sums, from a third view
         for (g, n, s), g_sum in zip(fresh(2), sums, strict=True):
             dt_x = through_normalisation(g, n, s, t, logits, g_sum)[1]
