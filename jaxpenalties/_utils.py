@@ -326,7 +326,7 @@ def check_weight(name: str, weight: Any, *, fixed: bool = False) -> Any:
             f"step -> weight), got {weight!r}."
         )
     if not isinstance(weight, numbers.Real):
-        if np.ndim(weight) != 0 or not _is_real_dtype(weight.dtype):
+        if np.ndim(weight) != 0 or not _is_real_dtype(np.asarray(weight).dtype):
             raise TypeError(
                 f"Expected `{name}` to be a scalar number, got an array of shape "
                 f"{np.shape(weight)}."
