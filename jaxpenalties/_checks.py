@@ -10,7 +10,7 @@ passed on as it is.
 from __future__ import annotations
 
 import numbers
-from typing import Any, TypeVar, get_args
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,6 @@ from jaxpenalties._types import Array, Direction, EntropyMode, Tail
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 ENTROPY_MODES: tuple[str, ...] = get_args(EntropyMode)
 TAILS: tuple[str, ...] = get_args(Tail)
-
-_IntArray = TypeVar("_IntArray", jax.Array, np.ndarray)
 
 
 def check_temperature(temperature: Any) -> Any:
@@ -113,9 +111,12 @@ def check_chunk_size(chunk_size: Any) -> None:
         u.check_int("chunk_size", chunk_size, minimum=1)
 
 
-def check_integer(name: str, a: _IntArray) -> _IntArray:
-    """Returns the array ``a``, raising ``TypeError`` unless its dtype is an
-    integer one."""
+def check_integer(name: str, a: Any) -> Any:
+    """Returns ``a`` as an array (a NumPy or JAX array as given), raising
+    ``TypeError`` naming ``name`` unless it is one of an integer dtype (also
+    for None, a dict or a ragged list)."""
+    if not isinstance(a, (jax.Array, np.ndarray)):
+        a = u.as_array(name, a, "an integer array")
     if not jnp.issubdtype(a.dtype, jnp.integer):
         raise TypeError(
             f"Expected `{name}` to be an integer array, got dtype {a.dtype}."
@@ -205,7 +206,7 @@ def check_hard(
     labels, ignore_index, soft_weight, hard_weight, label_smoothing = hard
     if labels is None:
         return {}
-    labels = check_integer("labels", jnp.asarray(labels))
+    labels = jnp.asarray(check_integer("labels", labels))
     if labels.shape != x.shape[:-1]:
         raise ValueError(
             "Expected `labels` to have the position shape of `x` "

@@ -39,6 +39,8 @@ here: 3× slower), so no kernel selects per element on its fast path:
   and is non-finite (never silently wrong) when one does; only then does a
   ``lax.cond`` recompute the rows with the guarded formula. Its operands are the
   user's arrays, so it costs no copy.
+* Forward-KL values of normalised inputs (logits, a temperature) are summed
+  term by term ≥ 0 instead (:mod:`._kl_values`), exact also where KL ≈ 0.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxpenalties import _kl_values
 from jaxpenalties import _utils as u
 from jaxpenalties._types import Array
 
@@ -74,10 +77,15 @@ def _sum(x: Array) -> Array:
 def row_stats(x: Array, t: Array | None) -> tuple[Array, Array]:
     """The row statistics of ``log_softmax(x / T)``, each [..., 1]: the row
     maximum (0 where it is not finite) and log Σ exp((x − max) / T)."""
-    top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
+    top = _top(x)
     s = _shift(x, top, t)
     return top, jnp.log(_sum(jnp.exp(s))[..., None])
+
+
+def _top(x: Array) -> Array:
+    """The row maximum [..., 1], 0 where it is not finite (no derivative)."""
+    top = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
 
 
 def _shift(x: Array, top: Array, t: Array | None) -> Array:
@@ -293,6 +301,17 @@ def _values(
     beta: Array | None,
 ) -> Array:
     dtype = u.compute_dtype(a) if b is None else u.compute_dtype(a, b)
+    if kind == "forward" and _normalises(logits, t):
+        assert b is not None  # KL compares two distributions
+        normalised = functools.partial(_normalised_kl, mask=mask, t=t, dtype=dtype)
+        if logits:
+            return normalised(a, b)
+
+        # Log-probs under a temperature are used as given at T = 1.
+        def given(a: Array, b: Array) -> Array:
+            return _values(kind, False, a, b, mask, None, beta)
+
+        return lax.cond(t == 1, given, normalised, a, b)
     lp_a = _log_probs(a, mask, t, logits, dtype)[0]
     lp_b = None if b is None else _log_probs(b, mask, t, logits, dtype)[0]
     rows = _fast_values(kind, lp_a, lp_b, beta)
@@ -308,6 +327,45 @@ def _values(
 
     flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
     return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
+
+
+def _apart_on_cpu(*xs: Array) -> list[Array]:
+    """The same arrays; on the CPU behind an optimisation barrier, so that a
+    reduction of them is not fused with one of the originals."""
+
+    def apart(*xs: Array) -> list[Array]:
+        return list(lax.optimization_barrier(xs))
+
+    return lax.platform_dependent(*xs, cpu=apart, default=lambda *xs: list(xs))
+
+
+def _normalised_kl(
+    a: Array, b: Array, *, mask: Array | None, t: Array | None, dtype: Any
+) -> Array:
+    """KL(P‖Q) per row of P = softmax(a / T), Q = softmax(b / T), term by term
+    ≥ 0 (:mod:`._kl_values`). A row with a −inf entry that the plain terms
+    leave non-finite is recomputed with the guarded terms (from the user's
+    arrays, which the ``lax.cond`` takes without a copy)."""
+
+    def shift(x: Array, top: Array) -> Array:
+        return _shift(x, top, t)
+
+    def inputs(a: Array, b: Array) -> tuple[Array, Array, Array, Array]:
+        a, b = _read(a, mask, dtype), _read(b, mask, dtype)
+        return a, b, _top(a), _top(b)
+
+    xs = inputs(a, b)
+    sum_y = jnp.sum(jnp.exp(shift(xs[1], xs[3])), axis=-1, keepdims=True)
+    # The gap's row sum apart from S_y's (see _kl_values), from the user's arrays.
+    apart = inputs(*_apart_on_cpu(a, b))
+    stats = _kl_values.log_normaliser_gap(*apart, shift, sum_y)
+    rows = _sum(_kl_values.terms(*xs, shift, stats))
+
+    def exact(a: Array, b: Array, stats: tuple[Array, Array]) -> Array:
+        return _sum(_kl_values.guarded_terms(*inputs(a, b), shift, stats))
+
+    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
+    return lax.cond(flag, exact, lambda *_: rows, a, b, stats)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

@@ -139,7 +139,7 @@ def fused_linear_token_logprobs(
       Triton Kernels for LLM Training, 2024.
     """
     x, w = _checks.check_linear_head(x, w, chunk_size)
-    tokens = _checks.check_integer("tokens", jnp.asarray(tokens))
+    tokens = jnp.asarray(_checks.check_integer("tokens", tokens))
     if tokens.shape != x.shape[:-1]:
         raise ValueError(
             f"Expected `tokens` to have the position shape {x.shape[:-1]} of `x`, "

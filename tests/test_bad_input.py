@@ -360,3 +360,17 @@ def test_where_of_every_family_is_named():
         for bad in _NOT_ARRAYS[1:]:
             with pytest.raises(TypeError, match="Expected `where` to be a boolean"):
                 fn(bad)
+
+
+@pytest.mark.parametrize("bad", [{"a": 1}, [1, None]], ids=["dict", "list-None"])
+def test_ids_that_are_not_arrays_are_named(bad):
+    """Hard `labels` of the fused heads and the `tokens` of the token
+    log-probs are named when they are no array (None is "no labels")."""
+    with pytest.raises(TypeError, match="Expected `labels` to be an integer array"):
+        jp.fused_linear_kl_divergence(_HX, _HW, _HX, _HW, labels=bad)
+    with pytest.raises(TypeError, match="Expected `labels` to be an integer array"):
+        jp.fused_linear_js_divergence(_HX, _HW, _HX, _HW, labels=bad)
+    with pytest.raises(TypeError, match="Expected `tokens` to be an integer array"):
+        jp.fused_linear_token_logprobs(_HX, _HW, bad)
+    with pytest.raises(TypeError, match="Expected `tokens` to be an integer array"):
+        jp.fused_linear_token_logprobs(_HX, _HW, None)

@@ -623,3 +623,88 @@ def test_positive_infinite_logprob_is_not_hidden():
     ):
         assert not np.isfinite(value[0]), value
         assert np.isfinite(value[1]), value
+
+
+def _kl_from_logits_extended(x, y, temperature=1.0):
+    """KL(softmax(x / T) ‖ softmax(y / T)) per row, the plain formula in
+    NumPy's extended precision (x87 long double: 64-bit mantissa), from the
+    same float32 logits: a reference ~2000× finer than float64 rounding."""
+    x = np.asarray(x, np.longdouble) / np.longdouble(temperature)
+    y = np.asarray(y, np.longdouble) / np.longdouble(temperature)
+    a = x - x.max(-1, keepdims=True)
+    a = a - np.log(np.exp(a).sum(-1, keepdims=True))
+    b = y - y.max(-1, keepdims=True)
+    b = b - np.log(np.exp(b).sum(-1, keepdims=True))
+    return (np.exp(a) * (a - b)).sum(-1)
+
+
+_extended = pytest.mark.skipif(
+    np.finfo(np.longdouble).eps > 1e-18,
+    reason="NumPy's long double is not extended precision on this platform",
+)
+
+
+@_extended
+@pytest.mark.parametrize("eps", [1e-6, 1e-3, 1.0])
+def test_forward_kl_of_near_equal_logits_is_nonnegative_and_exact(eps):
+    """KL from logits is ≥ 0 per position and close to the exact value also
+    where it is ≈ 0 (each term p φ(d) ≥ 0; the plain formula gave −2.6e-7 for
+    a true 1e-12), in both directions, tempered, and in the fused head."""
+    rng = np.random.default_rng(19)
+    x = (3 * rng.normal(size=(48, 700))).astype(np.float32)
+    y = (x + eps * rng.normal(size=x.shape)).astype(np.float32)
+    cases = {
+        "forward": (
+            jp.kl_divergence(x, y, from_logits=True, reduction="none"),
+            _kl_from_logits_extended(x, y),
+        ),
+        "reverse": (
+            jp.kl_divergence(
+                x, y, from_logits=True, direction="reverse", reduction="none"
+            ),
+            _kl_from_logits_extended(y, x),
+        ),
+        "T = 2.5": (
+            jp.kl_divergence(x, y, from_logits=True, temperature=2.5, reduction="none"),
+            _kl_from_logits_extended(x, y, 2.5),
+        ),
+        "log-probs at T = 2.5": (
+            jp.kl_divergence(
+                log_softmax32(x), log_softmax32(y), temperature=2.5, reduction="none"
+            ),
+            _kl_from_logits_extended(log_softmax32(x), log_softmax32(y), 2.5),
+        ),
+        "fused": (
+            jp.fused_linear_kl_divergence(
+                jnp.eye(48, dtype=jnp.float32),
+                x,
+                jnp.eye(48, dtype=jnp.float32),
+                y,
+                reduction="none",
+                chunk_size=16,
+            ),
+            _kl_from_logits_extended(x, y),
+        ),
+    }
+    for name, (got, ref) in cases.items():
+        got = np.asarray(got, np.float64)
+        assert (got >= 0).all(), (name, got.min())
+        np.testing.assert_allclose(got, np.float64(ref), rtol=2e-3, err_msg=name)
+
+
+def test_forward_kl_near_zero_keeps_the_conventions():
+    """The near-zero form keeps 0 · log 0 = 0 (also where both are −inf), +inf
+    where q = 0 < p, and ≥ 0 at an extreme temperature."""
+    x = jnp.array([[0.0, -jnp.inf, 1.0, -jnp.inf], [0.0, 2.0, 1.0, -1.0]])
+    y = jnp.array([[0.0, 3.0, 1.0, -jnp.inf], [0.0, -jnp.inf, 1.0, -1.0]])
+    got = jp.kl_divergence(x, y, from_logits=True, reduction="none")
+    p = scipy.special.softmax(np.array([0.0, 1.0]))
+    q = scipy.special.softmax(np.array([0.0, 3.0, 1.0]))[[0, 2]]
+    np.testing.assert_allclose(got[0], ref_kl(p, q), rtol=1e-6)
+    assert got[1] == np.inf
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(8, 300)), jnp.float32)
+    hot = jp.kl_divergence(
+        z, z + 1e-6 * z[::-1], from_logits=True, temperature=1e6, reduction="none"
+    )
+    assert (np.asarray(hot) >= 0).all()
