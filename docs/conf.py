@@ -55,11 +55,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 # Every cross-reference must resolve, except to these types, which docstrings
-# name but which are not public names of this site (the states and controller
-# that factories return, and JAX's checkify error).
+# name but which are not public names of this site (JAX's checkify error).
 nitpicky = True
 nitpick_ignore = [
-    ("py:class", "KLController"),
     ("py:exc", "checkify.JaxRuntimeError"),
 ]
 

@@ -29,6 +29,7 @@ from jaxpenalties.gradient_penalties import (
 from jaxpenalties.gradient_penalties import (
     output_magnitude_penalty as output_magnitude_penalty,
 )
+from jaxpenalties.kl_control import KLController as KLController
 from jaxpenalties.kl_control import adaptive_kl_controller as adaptive_kl_controller
 from jaxpenalties.kl_control import fixed_kl_controller as fixed_kl_controller
 from jaxpenalties.kl_control import kl_penalized_rewards as kl_penalized_rewards
@@ -53,6 +54,7 @@ from jaxpenalties.validation import check_finite as check_finite
 __version__ = "0.1.0"
 
 __all__ = [
+    "KLController",
     "L2SPState",
     "Penalty",
     "PenaltyGradientState",

@@ -39,10 +39,27 @@ class KLUpdateFn(Protocol):
 
 
 class KLController(NamedTuple):
-    """A pair of pure functions ``init() -> state`` and
-    ``update(state, observed_kl, n_steps=1) -> state``."""
+    """A KL-coefficient controller: a pair of pure functions ``init() -> state``
+    and ``update(state, observed_kl, n_steps=1) -> state``.
 
+    :func:`fixed_kl_controller` and :func:`adaptive_kl_controller` return one.
+    The state's ``coef`` is the β to use; ``update`` is jittable and takes the
+    state as an argument, so a step that updates β never recompiles. A
+    controller of one's own is any ``KLController(init, update)``.
+
+    Example:
+      >>> import jax, jaxpenalties as jp
+      >>> ctl = jp.adaptive_kl_controller(0.1, target=6.0, horizon=10_000)
+      >>> isinstance(ctl, jp.KLController)
+      True
+      >>> state = jax.jit(ctl.update)(ctl.init(), 9.0, 256)
+      >>> print(f"{state.coef:.5f}")
+      0.10051
+    """
+
+    #: ``init()`` returns the initial state; its ``coef`` is the initial β.
     init: Callable[[], KLControllerState]
+    #: ``update(state, observed_kl, n_steps=1)`` returns the next state.
     update: KLUpdateFn
 
 
@@ -148,6 +165,8 @@ def kl_penalized_rewards(
     coef: ArrayLike,
     *,
     estimator: Estimator = "k1",
+    max_log_ratio: float | None = None,
+    max_value: float | None = None,
     where: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Per-token rewards with the KL penalty *in the reward* (PPO-style RLHF).
@@ -162,6 +181,12 @@ def kl_penalized_rewards(
     :func:`kl_estimate` and ``regularize`` when it should not (GRPO). The
     penalty is a reward: no gradient flows through it (``stop_gradient``).
 
+    ``max_log_ratio`` and ``max_value`` are :func:`kl_estimate`'s clamps, with
+    its semantics and defaults (off): log r clamped to [−c, c], then each
+    kl_t to [−m, m]. verl's ``low_var_kl`` in the reward (``apply_kl_penalty``:
+    scores − β · kl_t) is ``estimator="k3", max_log_ratio=20.0,
+    max_value=10.0``. Both may be traced: changing them never recompiles.
+
     Args:
       rewards: per-token rewards [..., T] (e.g. the score at the last token and
         0 elsewhere).
@@ -171,6 +196,10 @@ def kl_penalized_rewards(
         gives exactly the rewards, even where kl_t is inf (a token the
         reference excludes), as a weight of 0 in ``regularize`` does.
       estimator: ``"k1"``, ``"k2"`` or ``"k3"``. Static.
+      max_log_ratio: optional positive bound on ``|log r|``, as in
+        :func:`kl_estimate` (not static).
+      max_value: optional positive bound on each ``|kl_t|``, as in
+        :func:`kl_estimate` (not static).
       where: optional mask (nonzero = kept); masked tokens get reward 0.
 
     Returns:
@@ -188,8 +217,16 @@ def kl_penalized_rewards(
     logprobs = u.check_floating("logprobs", logprobs)
     u.check_same_shape("rewards", rewards, "logprobs", logprobs)
     coef = u.check_scalar("coef", coef, low=0.0)
+    # kl_estimate validates the clamps by the shared scalar rule (a traced
+    # value stays a dynamic argument of its jitted core).
     kl = kl_estimate(
-        logprobs, ref_logprobs, estimator=estimator, reduction="none", where=where
+        logprobs,
+        ref_logprobs,
+        estimator=estimator,
+        max_log_ratio=max_log_ratio,
+        max_value=max_value,
+        reduction="none",
+        where=where,
     )
     # β·kl by regularize's rule: exactly 0 at β = 0, also where kl is inf.
     penalty = weighted(jnp.asarray(coef), jax.lax.stop_gradient(kl), kl.dtype)

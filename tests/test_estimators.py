@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
-from tests.helpers import assert_grads_match_finite_differences
+from tests.helpers import assert_grads_match_finite_differences, count_compiles
 
 
 def np_estimates(logp, ref):
@@ -207,3 +207,89 @@ def test_extremes_report_the_per_position_spike_a_mean_hides():
     # Nothing kept: 0, never ±inf.
     _, m = jp.kl_divergence(p, q, where=jnp.zeros(3), extremes=True)
     assert float(m["max"]) == 0.0 and float(m["min"]) == 0.0
+
+
+def verl_low_var_kl(logprob, ref_logprob, max_log_ratio=20.0, max_value=10.0):
+    """verl's ``kl_penalty_forward(..., "low_var_kl")`` in float64 NumPy:
+    log r clamped to ±20, k3 = r − log r − 1, clamped to ±10."""
+    kl = np.clip(ref_logprob - logprob, -max_log_ratio, max_log_ratio)
+    return np.clip(np.exp(kl) - kl - 1, -max_value, max_value)
+
+
+def test_kl_penalized_rewards_reproduce_verls_low_var_kl_reward():
+    # verl's apply_kl_penalty: rewards = scores − β · low_var_kl · mask.
+    # |log r| = 25 at the first two tokens: both clamps act there.
+    log_r = np.array([[25.0, -25.0, 2.5, -0.7], [1.3, -3.0, 19.5, 0.4]])
+    logp = np.array([[-30.0, -1.0, -4.0, -0.5], [-2.0, -3.5, -25.0, -1.2]])
+    ref = logp + log_r
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
+    scores = np.where(mask, np.array([[0.3, -1.2, 0.8, 1.0], [2.0, -0.4, 1.5, 0.0]]), 0)
+    beta = 0.05
+    with jax.enable_x64(True):
+        args = (jnp.asarray(scores), jnp.asarray(logp), jnp.asarray(ref), beta)
+        got = jp.kl_penalized_rewards(
+            *args, estimator="k3", max_log_ratio=20.0, max_value=10.0, where=mask
+        )
+        assert got.dtype == jnp.float64
+        want = scores - beta * verl_low_var_kl(logp, ref) * mask
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        # Each clamp is applied as kl_estimate applies it: with a bound on the
+        # value too large to act, log r = ±25 is clamped to ±20 (e^20 − 21).
+        got = jp.kl_penalized_rewards(
+            *args, estimator="k3", max_log_ratio=20.0, max_value=1e12, where=mask
+        )
+        want = scores - beta * verl_low_var_kl(logp, ref, 20.0, 1e12) * mask
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        unclamped = jp.kl_penalized_rewards(*args, estimator="k3", where=mask)
+        assert float(unclamped[0, 0]) < float(got[0, 0])  # e^25 − 26 > e^20 − 21
+        # Same numbers as kl_estimate with the same options.
+        kl = jp.kl_estimate(
+            jnp.asarray(logp),
+            jnp.asarray(ref),
+            max_log_ratio=3.0,
+            max_value=4.0,
+            reduction="none",
+            where=mask,
+        )
+        got = jp.kl_penalized_rewards(
+            *args, max_log_ratio=3.0, max_value=4.0, estimator="k3", where=mask
+        )
+        np.testing.assert_allclose(
+            got, np.where(mask, scores - beta * kl, 0), rtol=1e-12
+        )
+
+
+def test_kl_penalized_rewards_clamps_are_traced_and_never_recompile():
+    rewards = jnp.zeros((2, 4)).at[:, -1].set(1.0)
+    logp = jnp.asarray([[-30.0, -1.0, -4.0, -0.5], [-2.0, -3.5, -25.0, -1.2]])
+    ref = logp + jnp.asarray([[25.0, -25.0, 2.5, -0.7], [1.3, -3.0, 19.5, 0.4]])
+
+    @jax.jit
+    def step(c, m):
+        return jp.kl_penalized_rewards(
+            rewards, logp, ref, 0.1, estimator="k3", max_log_ratio=c, max_value=m
+        )
+
+    def eager(c, m):
+        return jp.kl_penalized_rewards(
+            rewards, logp, ref, 0.1, estimator="k3", max_log_ratio=c, max_value=m
+        )
+
+    step(jnp.float32(20.0), jnp.float32(10.0))
+    eager(20.0, 10.0)
+    eager(jnp.float32(20.0), jnp.float32(10.0))
+    with count_compiles() as compiles:
+        for c, m in ((15.0, 5.0), (3.0, 1e6), (0.5, 0.25)):
+            traced = step(jnp.float32(c), jnp.float32(m))
+            for got in (traced, eager(c, m), eager(jnp.float32(c), jnp.float32(m))):
+                want = jp.kl_estimate(
+                    logp, ref, max_log_ratio=c, max_value=m, reduction="none"
+                )
+                want = np.asarray(rewards) - 0.1 * np.asarray(want)
+                np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert compiles() == 0
+    # Validated as kl_estimate validates them.
+    with pytest.raises(ValueError, match="`max_log_ratio`.*> 0"):
+        eager(0.0, 10.0)
+    with pytest.raises(ValueError, match="`max_value`.*> 0"):
+        eager(20.0, jnp.asarray(-1.0))

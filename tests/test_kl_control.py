@@ -144,3 +144,14 @@ def test_zero_coefficient_gives_exactly_the_rewards():
     got = jp.kl_penalized_rewards(rewards, lp, ref, 0.1)
     assert got[0, 0] == -np.inf
     np.testing.assert_allclose(got[0, 1:], [0.0 - 0.1 * 0.5, 1.0], rtol=1e-6)
+
+
+def test_kl_controller_is_exported():
+    assert "KLController" in jp.__all__
+    assert jp.KLController is jp.kl_control.KLController
+    for ctl in (
+        jp.fixed_kl_controller(0.05),
+        jp.adaptive_kl_controller(0.1, target=6.0, horizon=100.0),
+    ):
+        assert isinstance(ctl, jp.KLController)
+        assert ctl._fields == ("init", "update")
