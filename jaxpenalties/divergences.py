@@ -184,6 +184,9 @@ def js_divergence(
     value is exact and always finite; β = 0.5 is the standard JS divergence,
     bounded by log 2. The gradient is β p (log p − log m) w.r.t. ``log p``.
 
+    β weights P. TRL's GKD ``beta=β`` and Liger's ``LigerJSD(beta=β)`` weight the
+    teacher: both are ``js_divergence(student, teacher, beta=1 - β)``.
+
     Args:
       p_logprobs: log-probabilities of P (e.g. the student).
       q_logprobs: log-probabilities of Q (e.g. the teacher), same shape.

@@ -253,6 +253,7 @@ def fused_linear_kl_divergence(
       reduction: ``"mean"`` over True positions, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``;
         masked positions may hold garbage (NaN) and get zero gradient.
+        Liger's ``shift_labels`` is ``where=shift_labels != ignore_index``.
       chunk_size: maximum number of positions whose logits exist at once; a
         positive Python int, or None (default) for one from a memory budget:
         one chunk's working memory (both heads' float32 logits and the logit
@@ -370,6 +371,7 @@ def fused_linear_js_divergence(
       temperature: divides both heads' logits; no T² factor.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``. Static.
       where: optional mask (nonzero = kept) broadcastable to ``x.shape[:-1]``.
+        Liger's ``shift_labels`` is ``where=shift_labels != ignore_index``.
       chunk_size: maximum number of positions whose logits exist at once, or
         None (default) for one from a memory budget (see
         :func:`fused_linear_kl_divergence`). Static.
