@@ -343,9 +343,10 @@ def _normalised_kl(
     a: Array, b: Array, *, mask: Array | None, t: Array | None, dtype: Any
 ) -> Array:
     """KL(P‖Q) per row of P = softmax(a / T), Q = softmax(b / T), term by term
-    ≥ 0 (:mod:`._kl_values`). A row with a −inf entry that the plain terms
-    leave non-finite is recomputed with the guarded terms (from the user's
-    arrays, which the ``lax.cond`` takes without a copy)."""
+    ≥ 0 (:mod:`._kl_values`). When a row comes out non-finite (a −inf entry,
+    as the plain KL formula does), every row is recomputed with the guarded
+    terms (from the user's arrays, which the ``lax.cond`` takes without a
+    copy)."""
 
     def shift(x: Array, top: Array) -> Array:
         return _shift(x, top, t)
@@ -361,11 +362,13 @@ def _normalised_kl(
     stats = _kl_values.log_normaliser_gap(*apart, shift, sum_y)
     rows = _sum(_kl_values.terms(*xs, shift, stats))
 
-    def exact(a: Array, b: Array, stats: tuple[Array, Array]) -> Array:
-        return _sum(_kl_values.guarded_terms(*inputs(a, b), shift, stats))
+    def exact(a: Array, b: Array, sum_y: Array) -> Array:
+        xs = inputs(a, b)
+        stats = _kl_values.log_normaliser_gap(*xs, shift, sum_y, guarded=True)
+        return _sum(_kl_values.terms(*xs, shift, stats, guarded=True))
 
     flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
-    return lax.cond(flag, exact, lambda *_: rows, a, b, stats)
+    return lax.cond(flag, exact, lambda *_: rows, a, b, sum_y)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

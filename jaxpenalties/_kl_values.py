@@ -60,7 +60,13 @@ Shift = Callable[[Array, Array], Array]
 
 
 def log_normaliser_gap(
-    x: Array, y: Array, top_x: Array, top_y: Array, shift: Shift, sum_y: Array
+    x: Array,
+    y: Array,
+    top_x: Array,
+    top_y: Array,
+    shift: Shift,
+    sum_y: Array,
+    guarded: bool = False,
 ) -> tuple[Array, Array]:
     """(log S_x, c = log S_x − log S_y), each [..., 1], c exact to rounding;
     ``sum_y``: S_y = Σ e^{s_y} [..., 1] (its own reduction: XLA:CPU runs one
@@ -69,11 +75,13 @@ def log_normaliser_gap(
     With δ = s_x − s_y = ((x − y) − (top_x − top_y)) / T (x − y is exact where
     x ≈ y, unlike s_x − s_y), e^{s_x} − e^{s_y} = e^{s_y} expm1(min(δ, 0)) −
     e^{s_x} expm1(min(−δ, 0)): one of the two products is 0, the other has no
-    cancellation and cannot overflow (its ``expm1`` lies in [−1, 0]). −inf is
-    read as the most negative finite number, so a shared −inf entry adds 0."""
-    fx, fy = _floor(x), _floor(y)
-    ex, ey = jnp.exp(shift(fx, top_x)), jnp.exp(shift(fy, top_y))
-    delta = shift(fx - fy, top_x - top_y)
+    cancellation and cannot overflow (its ``expm1`` lies in [−1, 0]). A −inf
+    shared by x and y makes c NaN; ``guarded`` reads −inf as the most negative
+    finite number, so that such an entry adds 0."""
+    if guarded:
+        x, y = _floor(x), _floor(y)
+    ex, ey = jnp.exp(shift(x, top_x)), jnp.exp(shift(y, top_y))
+    delta = shift(x - y, top_x - top_y)
     zero = jnp.zeros((), delta.dtype)
     diff = ey * jnp.expm1(jnp.minimum(delta, zero)) - ex * jnp.expm1(
         jnp.minimum(-delta, zero)
@@ -89,37 +97,32 @@ def terms(
     top_y: Array,
     shift: Shift,
     stats: tuple[Array, Array],
+    guarded: bool = False,
 ) -> Array:
-    """p φ(d) per element. A term where p = 0 is q (the limit of p φ(d)).
-    −inf in x is read as the most negative finite number; −inf in y as given:
-    it gives +inf under p > 0 (the true value) and NaN where p underflows or
-    x is −inf too (the caller recomputes such rows with :func:`guarded_terms`)."""
+    """p φ(d) per element; a term where p = 0 is q (the limit of p φ(d)).
+
+    As given, a −inf in y under p > 0 gives +inf (the true value); a −inf in
+    x, or a d that overflows, gives NaN, and the caller recomputes such rows
+    with ``guarded``: −inf read as the most negative finite number and d as
+    finite, then the conventions where y = −inf: 0 where x is −inf too
+    (p = q = 0), +inf under a finite x (q = 0 < p), even if p underflows."""
     log_sum_x, gap = stats
-    x = _floor(x)
+    if guarded:
+        x_in, y_in = x, y
+        x, y = _floor(x), _floor(y)
     s_x, s_y = shift(x, top_x), shift(y, top_y)
-    d = _floor(shift(x - y, top_x - top_y) - gap)
+    d = shift(x - y, top_x - top_y) - gap
+    if guarded:
+        d = jnp.clip(d, jnp.finfo(d.dtype).min, jnp.finfo(d.dtype).max)
     p = jnp.exp(s_x - log_sum_x)
     q = jnp.exp(s_y - (log_sum_x - gap))
     # Arithmetic, not a select or a clamp (XLA:CPU vectorises neither, 4× slower
-    # here): r = min(1, ¼ / |d|) is 1 exactly inside the radius, so d · r is d
-    # clamped to it and floor(r) is the indicator of |d| ≤ ¼.
+    # here): r = min(1, ¼ / |d|) is 1 exactly inside the radius, so floor(r) is
+    # the indicator of |d| ≤ ¼ and d · r is d clamped to the radius.
     r = jnp.minimum(1, _RADIUS / jnp.abs(d))
     inside = jnp.floor(r)
-    near = p * _phi_near_zero(d * r)
-    return inside * near + (1 - inside) * (p * d + q - p)
-
-
-def guarded_terms(
-    x: Array,
-    y: Array,
-    top_x: Array,
-    top_y: Array,
-    shift: Shift,
-    stats: tuple[Array, Array],
-) -> Array:
-    """:func:`terms` with the exact conventions where y = −inf: 0 where x is
-    −inf too (p = q = 0), +inf under a finite x (q = 0 < p), even if p
-    underflows."""
-    t = terms(x, _floor(y), top_x, top_y, shift, stats)
-    inf = jnp.where(x == -jnp.inf, jnp.zeros((), t.dtype), jnp.inf)
-    return jnp.where(y == -jnp.inf, inf, t)
+    t = inside * p * _phi_near_zero(d * r) + (1 - inside) * (p * d + q - p)
+    if not guarded:
+        return t
+    inf = jnp.where(x_in == -jnp.inf, jnp.zeros((), t.dtype), jnp.inf)
+    return jnp.where(y_in == -jnp.inf, inf, t)

@@ -1,10 +1,17 @@
 """Magnitude penalties on arrays and on parameter pytrees: L1, L2, elastic net.
 
 ``x`` is an array or any pytree of arrays (e.g. a model's params). Sums and
-means run over every element of every leaf, accumulated in float32 (float64
-for float64 leaves) whatever the leaves' dtype. A Python list is a pytree, as
-everywhere in JAX: ``l1([1.0, -2.0])`` has two scalar leaves; pass
+means run over every element of every floating leaf, accumulated in float32
+(float64 for float64 leaves) whatever the leaves' dtype. A Python list is a
+pytree, as everywhere in JAX: ``l1([1.0, -2.0])`` has two scalar leaves; pass
 ``jnp.array([...])`` for a single array.
+
+Leaves that are not floating (integer or boolean arrays such as a step
+counter, Python ints, the activation functions of an equinox module) are not
+parameters: they are skipped, by the same rule as the penalty transforms and
+``regularize``'s ``track_grad_norms``, so ``l2(eqx_module)`` and
+``Penalty(l2, inputs=("params",))`` work on a whole equinox module. A tree
+none of whose leaves is floating (a bare integer array) raises ``TypeError``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpenalties import _utils as u
+from jaxpenalties._tree_updates import has_gradient, matching_leaves
 from jaxpenalties._types import ArrayLike, ParamReduction, PyTree
 
 # How `center` of `l2` is applied (static): no centre, each leaf's own mean, one
@@ -29,7 +37,9 @@ _CENTER_TREE: _CenterMode = "t"
 
 
 def _leaves(x: PyTree, name: str = "x") -> list[jax.Array]:
-    """The floating leaves of ``x``; a non-floating leaf raises, naming its path.
+    """The floating leaves of ``x`` as arrays (:func:`has_gradient`: the
+    others are skipped); a tree with leaves but none floating raises
+    ``TypeError``, naming the first leaf's path.
 
     ``x=None`` is refused (a missing input, not a tree), while a ``None``
     inside a tree is an empty subtree, as everywhere in JAX."""
@@ -37,7 +47,13 @@ def _leaves(x: PyTree, name: str = "x") -> list[jax.Array]:
         raise TypeError(
             f"Expected `{name}` to be an array or a pytree of arrays, got None."
         )
-    return [u.check_floating(path, leaf) for path, leaf in u.named_leaves(x, name)]
+    named = u.named_leaves(x, name)
+    kept = [u.check_floating(path, leaf) for path, leaf in named if has_gradient(leaf)]
+    if named and not kept:
+        path, leaf = named[0]
+        u.check_floating(path, leaf)  # raises, naming the path and the dtype
+        raise TypeError(f"Expected `{path}` to be a floating-point array.")
+    return kept
 
 
 def _dtype(leaves: list[jax.Array]) -> jnp.dtype:
@@ -77,18 +93,10 @@ def _check_center(
         )
     if u._is_array_like_value(center) and jnp.ndim(center) == 0:
         return _CENTER_SCALAR, u.check_floating("center", center)
-    # Typed Any: some jaxlib releases ship PyTreeDef without a stub, and a
-    # checker then cannot compare two of them.
-    x_def: Any = jax.tree_util.tree_structure(x)
-    c_def: Any = jax.tree_util.tree_structure(center)
-    if x_def != c_def:
-        raise ValueError(
-            "Expected `center` to be None, 'mean', a number or a pytree with the "
-            f"structure of `x`; got structure {c_def} for `center` and {x_def} "
-            "for `x`."
-        )
-    refs = _leaves(center, "center")
-    for (path, leaf), ref in zip(u.named_leaves(x, "x"), refs, strict=True):
+    pairs = matching_leaves(center, x, ref_name="center", tree_name="x")
+    refs = [u.check_floating(path, ref) for path, ref in pairs]
+    named = [(path, v) for path, v in u.named_leaves(x, "x") if has_gradient(v)]
+    for (path, leaf), ref in zip(named, refs, strict=True):
         if jnp.shape(leaf) != ref.shape:
             raise ValueError(
                 f"Expected `center` to match the shapes of `x`: `{path}` has shape "
@@ -158,16 +166,18 @@ def l1(x: PyTree, *, reduction: ParamReduction = "sum") -> jax.Array:
     is not pushed either way).
 
     Args:
-      x: an array or a pytree of floating arrays (e.g. params).
+      x: an array or a pytree of floating arrays (e.g. params, or an equinox
+        module: non-floating leaves are skipped).
       reduction: ``"sum"`` (default) or ``"mean"`` over every element of every
-        leaf. Static.
+        floating leaf. Static.
 
     Returns:
       A float32 scalar (float64 when a leaf is float64).
 
     Raises:
       ValueError: for an unknown ``reduction``.
-      TypeError: for a non-floating leaf (its path is named).
+      TypeError: for a tree with no floating leaf (the first leaf's path is
+        named).
 
     Example:
       >>> import jax.numpy as jnp, jaxpenalties as jp
@@ -199,14 +209,17 @@ def l2(
     No ½ factor: the gradient is 2(x − c) (inside the clip, 0 outside it).
 
     Args:
-      x: an array or a pytree of floating arrays (e.g. params).
+      x: an array or a pytree of floating arrays (e.g. params, or an equinox
+        module: non-floating leaves are skipped).
       reduction: ``"sum"`` (default) or ``"mean"`` over every element of every
-        leaf. Static.
+        floating leaf. Static.
       center: ``None`` (c = 0), ``"mean"`` (each leaf centred on its own mean),
         a number or scalar array (the same c for every element), or a pytree
-        with the structure and shapes of ``x``: the distance to a reference
-        such as pre-trained weights (L2-SP). A numeric centre is not static:
-        changing it never recompiles.
+        with the structure and shapes of ``x`` (or of its floating leaves
+        alone): the distance to a reference such as pre-trained weights
+        (L2-SP). A numeric centre is not static: changing it does not
+        recompile (under ``eqx.filter_jit``, which holds Python numbers
+        static, pass it as an array).
       clip: optional bound on ``|x − c|`` before squaring, > 0; not static.
 
     Returns:
@@ -215,7 +228,8 @@ def l2(
     Raises:
       ValueError: for an unknown option, a ``center`` pytree whose structure or
         shapes differ from ``x``, or a ``clip`` <= 0.
-      TypeError: for a non-floating leaf (its path is named).
+      TypeError: for a tree with no floating leaf (the first leaf's path is
+        named).
 
     Example:
       >>> import jax.numpy as jnp, jaxpenalties as jp
@@ -257,9 +271,11 @@ def elastic_net(
     so the gradient is r·sign(x) + 2(1 − r)·x).
 
     Args:
-      x: an array or a pytree of floating arrays (e.g. params).
+      x: an array or a pytree of floating arrays (e.g. params, or an equinox
+        module: non-floating leaves are skipped).
       l1_ratio: r in [0, 1]; a Python number (range-checked) or a scalar array.
-        Not static: changing it never recompiles.
+        Not static: changing it does not recompile (under ``eqx.filter_jit``,
+        which holds Python numbers static, pass it as an array).
       reduction: ``"sum"`` (default) or ``"mean"`` over every element of every
         leaf. Static.
 
@@ -268,7 +284,8 @@ def elastic_net(
 
     Raises:
       ValueError: for ``l1_ratio`` outside [0, 1] or an unknown ``reduction``.
-      TypeError: for a non-floating leaf (its path is named).
+      TypeError: for a tree with no floating leaf (the first leaf's path is
+        named).
 
     Example:
       >>> import jax.numpy as jnp, jaxpenalties as jp

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxpenalties import _utils as u
-from jaxpenalties._tree_updates import add_gradient, require_params
+from jaxpenalties._tree_updates import (
+    add_gradient,
+    floating,
+    has_gradient,
+    matching_leaves,
+    require_params,
+)
 from jaxpenalties._types import PyTree
 from jaxpenalties.penalties import elastic_net, l1
 
@@ -136,6 +142,14 @@ class L2SPState(NamedTuple):
     center: Any
 
 
+_CENTER_HINT = (
+    " Give the centre as the params are given (an equinox module may be given "
+    "whole or as `eqx.filter(model, eqx.is_inexact_array)`). Under "
+    "optax.inject_hyperparams pass static_args=('center',): it takes a callable "
+    "centre, such as an equinox module, for a schedule."
+)
+
+
 def add_l2_sp_decay(
     weight: float | jax.typing.ArrayLike | optax.Schedule,
     center: Any,
@@ -155,15 +169,36 @@ def add_l2_sp_decay(
     and a step jitted with ``donate_argnums`` for params and optimiser state
     neither donates the same buffer twice nor deletes the caller's
     ``center``. The copy costs one centre's memory until the caller drops
-    its own reference. Integer leaves (a step counter) are left unchanged.
+    its own reference. Leaves that are not floating (an int step counter, an
+    equinox module's activation functions) are left unchanged and not
+    copied: the state's ``center`` has the structure of the params with None
+    at those leaves.
+
+    An equinox module may be the centre as it is: ``center=model`` pairs with
+    params given unfiltered or as ``eqx.filter(model, eqx.is_inexact_array)``
+    (the usual optax params of equinox), and ``init`` keeps a copy of its
+    floating leaves only.
 
     Args:
       weight: a number >= 0, a scalar array, or an optax schedule on the count.
-      center: the pre-trained params (same structure as the params).
+      center: the pre-trained params: the structure of the params, or that of
+        their floating leaves (see above).
       mask: as in :func:`add_penalty_gradient`.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`L2SPState`.
+
+    Raises:
+      ValueError: a negative weight; at ``init``, a centre whose structure or
+        shapes differ from the params' (the message names the first leaf
+        that differs).
+
+    With ``optax.inject_hyperparams`` the weight becomes an injectable
+    hyperparameter; declare the centre (and a callable mask) static:
+    ``optax.inject_hyperparams(jp.add_l2_sp_decay, static_args=("center",
+    "mask"))(weight=1e-3, center=model)``. Otherwise ``inject_hyperparams``
+    takes any callable argument for a schedule, and an equinox module is
+    callable: it would call the model on the step count.
 
     Example:
       >>> import jax.numpy as jnp, jaxpenalties as jp
@@ -180,23 +215,22 @@ def add_l2_sp_decay(
     weight = u.check_weight("weight", weight)
 
     def init_fn(params: PyTree) -> L2SPState:
-        # (PyTreeDef: see _tree_updates.add_gradient.)
-        if jax.tree.structure(params) != jax.tree.structure(center):  # type: ignore[operator]
-            raise ValueError(
-                "Expected `center` to have the structure of the params, got "
-                f"{jax.tree.structure(center)} and {jax.tree.structure(params)}."
-            )
-        for (path, p), c in zip(
-            u.named_leaves(params, "params"), jax.tree.leaves(center), strict=True
-        ):
+        pairs = matching_leaves(
+            center, params, ref_name="center", tree_name="params", hint=_CENTER_HINT
+        )
+        named = [(n, p) for n, p in u.named_leaves(params, "params") if has_gradient(p)]
+        for (path, p), (_, c) in zip(named, pairs, strict=True):
             if jnp.shape(p) != jnp.shape(c):
                 raise ValueError(
                     f"Expected `center` to match the shapes of the params: `{path}` "
                     f"has shape {jnp.shape(p)}, its centre {jnp.shape(c)}."
                 )
         # A copy the state owns: it never aliases the params (the centre often
-        # *is* the initial params), so a step may donate params and state.
-        return L2SPState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, center))
+        # *is* the initial params), so a step may donate params and state. It
+        # has the structure of the params' floating leaves.
+        copies = [jnp.copy(c) for _, c in pairs]
+        kept = jax.tree.structure(floating(params))
+        return L2SPState(jnp.zeros([], jnp.int32), jax.tree.unflatten(kept, copies))
 
     def update_fn(
         updates: PyTree, state: L2SPState, params: PyTree = None
@@ -206,9 +240,18 @@ def add_l2_sp_decay(
 
         def gradient_of(leaves: list[Any], selected: list[bool]) -> list[jax.Array]:
             # ∇ Σ (p − c)² = 2 (p − c), in float32 (float64 for float64 leaves).
+            # The centres are those of the floating leaves, in order.
+            floats = [
+                (p, s) for p, s in zip(leaves, selected, strict=True) if has_gradient(p)
+            ]
             centers = jax.tree.leaves(state.center)
-            kept = zip(leaves, centers, selected, strict=True)
-            pairs = [u.upcast(p, c) for p, c, s in kept if s]
+            if len(centers) != len(floats):
+                raise ValueError(
+                    f"Expected the params to have {len(centers)} floating leaves, "
+                    f"the centre's given at `init`, got {len(floats)}."
+                )
+            kept = zip(floats, centers, strict=True)
+            pairs = [u.upcast(p, c) for (p, s), c in kept if s]
             return [2 * (p - c) for p, c in pairs]
 
         new = add_gradient(updates, params, mask, w, gradient_of)
