@@ -69,44 +69,13 @@ def run(
     axis: int,
     **options: bool,
 ) -> Array | _WithExtremes:
-    """:func:`run_named` with the argument names that ``kind`` implies."""
-    return _run(None, kind, xs, beta, temperature, where, reduction, axis, **options)
-
-
-def run_named(
-    names: tuple[str, ...] | None,
-    kind: str,
-    xs: tuple[Array, ...],
-    beta: float | None,
-    temperature: Any,
-    where: ArrayLike | None,
-    reduction: str,
-    axis: int,
-    **options: bool,
-) -> Array | _WithExtremes:
     """Validates the options every function has, warns where concrete inputs
     used as log-probabilities are not, then runs the jitted core.
 
-    ``names``: the arguments ``xs`` come from, for the warning (None: those
-    ``kind`` implies; a reverse KL passes its swapped pair's names).
-    ``options`` are the core's remaining static ones (``from_logits``,
-    ``extremes``, and entropy's ``normalize`` and ``negate``)."""
-    return _run(names, kind, xs, beta, temperature, where, reduction, axis, **options)
-
-
-def _run(
-    names: tuple[str, ...] | None,
-    kind: str,
-    xs: tuple[Array, ...],
-    beta: float | None,
-    temperature: Any,
-    where: ArrayLike | None,
-    reduction: str,
-    axis: int,
-    **options: bool,
-) -> Array | _WithExtremes:
-    """The body of :func:`run` and :func:`run_named`, one frame below each (the
-    warning's ``stacklevel`` counts on it)."""
+    ``options`` are the core's remaining static ones
+    (``from_logits``, ``extremes``, and entropy's ``normalize`` and
+    ``negate``). Called by the public functions directly (the warning's
+    ``stacklevel`` counts on it)."""
     u.check_option("reduction", reduction, u.REDUCTIONS)
     if xs[0].shape[axis] == 0:  # a (log-)softmax over no entry: no distribution
         raise ValueError(
@@ -118,8 +87,7 @@ def _run(
     u.check_bool("from_logits", options["from_logits"])
     u.check_bool("extremes", options["extremes"])
     if not options["from_logits"] and _at_unit_temperature(temperature):
-        labels = _NAMES[kind] if names is None else tuple(f"{n}`" for n in names)
-        _warn_if_not_logprobs(_FUNCTIONS[kind], labels, xs, where, axis)
+        _warn_if_not_logprobs(_FUNCTIONS[kind], _NAMES[kind], xs, where, axis)
     return _impl(
         xs,
         temperature,
@@ -207,7 +175,7 @@ def _warn_if_not_logprobs(
                 "Pass from_logits=True (or normalise with jax.nn.log_softmax): "
                 "the value computed from unnormalised rows is wrong.",
                 NotLogProbabilitiesWarning,
-                stacklevel=5,  # _run, run(_named), the public function, its caller
+                stacklevel=4,  # run, the public function, its caller
             )
 
 

@@ -55,14 +55,10 @@ from jax import lax
 from jaxpenalties import _kl_values
 from jaxpenalties import _utils as u
 from jaxpenalties._types import Array
+from jaxpenalties._utils import finite
 
 KINDS = ("forward", "symmetric", "js", "entropy")
 _NEG_INF = -jnp.inf
-
-
-def finite(x: Array) -> Array:
-    """x with −inf read as the most negative finite number (finite x unchanged)."""
-    return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
 
 def _sum(x: Array) -> Array:
@@ -358,7 +354,8 @@ def _normalised_kl(
     xs = inputs(a, b)
     sum_y = jnp.sum(jnp.exp(shift(xs[1], xs[3])), axis=-1, keepdims=True)
     # The gap's row sum apart from S_y's (see _kl_values), from the user's arrays.
-    apart = inputs(*_apart_on_cpu(a, b))
+    a_, b_, top_a, top_b = _apart_on_cpu(a, b, xs[2], xs[3])
+    apart = (_read(a_, mask, dtype), _read(b_, mask, dtype), top_a, top_b)
     stats = _kl_values.log_normaliser_gap(*apart, shift, sum_y)
     rows = _sum(_kl_values.terms(*xs, shift, stats))
 

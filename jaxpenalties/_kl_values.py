@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from jaxpenalties import _utils as u
 from jaxpenalties._types import Array
 
 _RADIUS = 0.25  # |d| below which φ is its Taylor series
@@ -49,10 +50,6 @@ def _phi_near_zero(d: Array) -> Array:
     for c in reversed(coefficients[:-1]):
         acc = acc * d + c
     return d * d * acc
-
-
-def _floor(x: Array) -> Array:
-    return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
 
 Shift = Callable[[Array, Array], Array]
@@ -79,7 +76,7 @@ def log_normaliser_gap(
     shared by x and y makes c NaN; ``guarded`` reads −inf as the most negative
     finite number, so that such an entry adds 0."""
     if guarded:
-        x, y = _floor(x), _floor(y)
+        x, y = u.finite(x), u.finite(y)
     ex, ey = jnp.exp(shift(x, top_x)), jnp.exp(shift(y, top_y))
     delta = shift(x - y, top_x - top_y)
     zero = jnp.zeros((), delta.dtype)
@@ -109,7 +106,7 @@ def terms(
     log_sum_x, gap = stats
     if guarded:
         x_in, y_in = x, y
-        x, y = _floor(x), _floor(y)
+        x, y = u.finite(x), u.finite(y)
     s_x, s_y = shift(x, top_x), shift(y, top_y)
     d = shift(x - y, top_x - top_y) - gap
     if guarded:

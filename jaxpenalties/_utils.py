@@ -214,6 +214,11 @@ def reduce_with_extremes(
     return out, jax.lax.stop_gradient(metrics)
 
 
+def finite(x: jax.Array) -> jax.Array:
+    """x with −inf read as the most negative finite number (finite x unchanged)."""
+    return jnp.maximum(x, jnp.finfo(x.dtype).min)
+
+
 def sanitize(x: jax.Array, where: jax.Array | None, fill: float = 0.0) -> jax.Array:
     """Replaces masked-out positions of ``x`` (shape positions + trailing) by
     ``fill``, so garbage there reaches neither the value nor the gradient."""

@@ -95,6 +95,11 @@ def trl_gkd(
         terms = terms[labels != -100]  # [kept positions, V]
     if num_items_in_batch is not None:
         return terms.sum() / num_items_in_batch
+    return torch_reduce(terms, reduction)
+
+
+def torch_reduce(terms, reduction):
+    """torch's loss reductions: batchmean = sum / rows, mean = sum / entries."""
     if reduction == "none":
         return terms
     if reduction == "sum":
@@ -588,13 +593,7 @@ def torch_kl_div(y_pred, y_true, reduction="batchmean", log_target=False):
     else:
         safe = np.where(y_true > 0, y_true, 1.0)
         terms = np.where(y_true > 0, y_true * (np.log(safe) - y_pred), 0.0)
-    if reduction == "none":
-        return terms
-    if reduction == "sum":
-        return terms.sum()
-    if reduction == "mean":
-        return terms.mean()
-    return terms.sum() / terms.shape[0]
+    return torch_reduce(terms, reduction)
 
 
 @PROPS
