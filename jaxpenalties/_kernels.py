@@ -325,14 +325,21 @@ def _values(
     return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
 
 
-def _apart_on_cpu(*xs: Array) -> list[Array]:
-    """The same arrays; on the CPU behind an optimisation barrier, so that a
-    reduction of them is not fused with one of the originals."""
+def _apart(a: Array, b: Array, top_a: Array, top_b: Array) -> list[Array]:
+    """The same arrays behind an optimisation barrier, so that no element-wise
+    expression of them is shared with one of the originals: on the CPU all
+    four (a reduction of them is then not fused with one of the originals'),
+    elsewhere the row maxima only (free: the [..., 1] maxima are tiny). A
+    shared e^{s_y} feeding two row sums is stored at [N, V] float32 when the
+    GPU's fusion cost model declines to duplicate it (it does on an H200)."""
 
-    def apart(*xs: Array) -> list[Array]:
+    def cpu(*xs: Array) -> list[Array]:
         return list(lax.optimization_barrier(xs))
 
-    return lax.platform_dependent(*xs, cpu=apart, default=lambda *xs: list(xs))
+    def default(a: Array, b: Array, top_a: Array, top_b: Array) -> list[Array]:
+        return [a, b, *lax.optimization_barrier((top_a, top_b))]
+
+    return lax.platform_dependent(a, b, top_a, top_b, cpu=cpu, default=default)
 
 
 def _normalised_kl(
@@ -354,7 +361,7 @@ def _normalised_kl(
     xs = inputs(a, b)
     sum_y = jnp.sum(jnp.exp(shift(xs[1], xs[3])), axis=-1, keepdims=True)
     # The gap's row sum apart from S_y's (see _kl_values), from the user's arrays.
-    a_, b_, top_a, top_b = _apart_on_cpu(a, b, xs[2], xs[3])
+    a_, b_, top_a, top_b = _apart(a, b, xs[2], xs[3])
     apart = (_read(a_, mask, dtype), _read(b_, mask, dtype), top_a, top_b)
     stats = _kl_values.log_normaliser_gap(*apart, shift, sum_y)
     rows = _sum(_kl_values.terms(*xs, shift, stats))
