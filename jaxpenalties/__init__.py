@@ -1,55 +1,57 @@
 """jaxpenalties: exact, jit-compiled regularisation penalties and divergences for JAX.
 
-``import jaxpenalties as jp`` gives every public name.
+``import jaxpenalties as jp`` gives every public name. The same functions are
+grouped by family in the namespaces ``jp.divergences``, ``jp.large_vocab``,
+``jp.rl``, ``jp.penalties`` and ``jp.training`` (one folder each).
 """
 
-from jaxpenalties.aggregation import aggregate as aggregate
-from jaxpenalties.constraints import consistency as consistency
-from jaxpenalties.constraints import orthogonality as orthogonality
 from jaxpenalties.divergences import entropy as entropy
 from jaxpenalties.divergences import js_divergence as js_divergence
 from jaxpenalties.divergences import kl_divergence as kl_divergence
-from jaxpenalties.estimators import kl_estimate as kl_estimate
-from jaxpenalties.fused import (
+from jaxpenalties.large_vocab import (
     fused_linear_js_divergence as fused_linear_js_divergence,
 )
-from jaxpenalties.fused import (
+from jaxpenalties.large_vocab import (
     fused_linear_kl_divergence as fused_linear_kl_divergence,
 )
-from jaxpenalties.fused_sparse import (
+from jaxpenalties.large_vocab import (
     fused_linear_sparse_js_divergence as fused_linear_sparse_js_divergence,
 )
-from jaxpenalties.fused_sparse import (
+from jaxpenalties.large_vocab import (
     fused_linear_sparse_kl_divergence as fused_linear_sparse_kl_divergence,
 )
-from jaxpenalties.gradient_penalties import gradient_penalty as gradient_penalty
-from jaxpenalties.gradient_penalties import (
-    interpolated_gradient_penalty as interpolated_gradient_penalty,
-)
-from jaxpenalties.gradient_penalties import (
-    output_magnitude_penalty as output_magnitude_penalty,
-)
-from jaxpenalties.kl_control import KLController as KLController
-from jaxpenalties.kl_control import adaptive_kl_controller as adaptive_kl_controller
-from jaxpenalties.kl_control import fixed_kl_controller as fixed_kl_controller
-from jaxpenalties.kl_control import kl_penalized_rewards as kl_penalized_rewards
-from jaxpenalties.penalties import elastic_net as elastic_net
-from jaxpenalties.penalties import l1 as l1
-from jaxpenalties.penalties import l2 as l2
-from jaxpenalties.regularize import Penalty as Penalty
-from jaxpenalties.regularize import regularize as regularize
-from jaxpenalties.sparse import sparse_js_divergence as sparse_js_divergence
-from jaxpenalties.sparse import sparse_kl_divergence as sparse_kl_divergence
-from jaxpenalties.token_logprobs import (
+from jaxpenalties.large_vocab import (
     fused_linear_token_logprobs as fused_linear_token_logprobs,
 )
-from jaxpenalties.transforms import L2SPState as L2SPState
-from jaxpenalties.transforms import PenaltyGradientState as PenaltyGradientState
-from jaxpenalties.transforms import add_elastic_net_decay as add_elastic_net_decay
-from jaxpenalties.transforms import add_l1_decay as add_l1_decay
-from jaxpenalties.transforms import add_l2_sp_decay as add_l2_sp_decay
-from jaxpenalties.transforms import add_penalty_gradient as add_penalty_gradient
-from jaxpenalties.validation import check_finite as check_finite
+from jaxpenalties.large_vocab import sparse_js_divergence as sparse_js_divergence
+from jaxpenalties.large_vocab import sparse_kl_divergence as sparse_kl_divergence
+from jaxpenalties.penalties import consistency as consistency
+from jaxpenalties.penalties import elastic_net as elastic_net
+from jaxpenalties.penalties import gradient_penalty as gradient_penalty
+from jaxpenalties.penalties import (
+    interpolated_gradient_penalty as interpolated_gradient_penalty,
+)
+from jaxpenalties.penalties import l1 as l1
+from jaxpenalties.penalties import l2 as l2
+from jaxpenalties.penalties import orthogonality as orthogonality
+from jaxpenalties.penalties import (
+    output_magnitude_penalty as output_magnitude_penalty,
+)
+from jaxpenalties.rl import KLController as KLController
+from jaxpenalties.rl import adaptive_kl_controller as adaptive_kl_controller
+from jaxpenalties.rl import aggregate as aggregate
+from jaxpenalties.rl import fixed_kl_controller as fixed_kl_controller
+from jaxpenalties.rl import kl_estimate as kl_estimate
+from jaxpenalties.rl import kl_penalized_rewards as kl_penalized_rewards
+from jaxpenalties.training import L2SPState as L2SPState
+from jaxpenalties.training import Penalty as Penalty
+from jaxpenalties.training import PenaltyGradientState as PenaltyGradientState
+from jaxpenalties.training import add_elastic_net_decay as add_elastic_net_decay
+from jaxpenalties.training import add_l1_decay as add_l1_decay
+from jaxpenalties.training import add_l2_sp_decay as add_l2_sp_decay
+from jaxpenalties.training import add_penalty_gradient as add_penalty_gradient
+from jaxpenalties.training import check_finite as check_finite
+from jaxpenalties.training import regularize as regularize
 
 __version__ = "0.1.0"
 

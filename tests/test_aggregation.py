@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
+from jaxpenalties.rl._aggregation import MODES
 
 RNG = np.random.default_rng(0)
 B, T = 8, 7
@@ -49,7 +50,7 @@ def verl_reference(v, mask, mode, normalizer=None):
     return (seq_losses * seq_mask).sum() / count
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_modes_match_verl_at_float64_with_empty_sequences(mode):
     # Garbage (NaN) at masked positions never enters.
     with jax.enable_x64(True):
@@ -76,7 +77,7 @@ def test_verl_modes_by_hand():
         np.testing.assert_allclose(verl_reference(v, m, mode), value, rtol=1e-12)
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_normalizer_replaces_verls_denominator(mode):
     # token-mean: Σ mask (verl's batch_num_tokens); seq-mean-*: the number of
     # non-empty sequences (global_batch_size); seq-mean-token-sum-norm: T
@@ -123,7 +124,7 @@ def test_trl_dr_grpo_is_a_normalizer():
         np.testing.assert_allclose(sum_norm, (VALUES * MASK).sum() / T, rtol=1e-12)
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_float32_matches_the_float64_reference(mode):
     v = np.expm1(REF - LOGP) - (REF - LOGP)  # k3
     values = jp.kl_estimate(LOGP, REF, reduction="none")
@@ -134,13 +135,11 @@ def test_float32_matches_the_float64_reference(mode):
 
 def test_modes_really_differ():
     values = jp.kl_estimate(LOGP, REF, reduction="none")
-    out = {
-        m: float(jp.aggregate(values, mode=m, where=MASK)) for m in jp.aggregation.MODES
-    }
+    out = {m: float(jp.aggregate(values, mode=m, where=MASK)) for m in MODES}
     assert len({round(v, 6) for v in out.values()}) == 4, out
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_micro_batches_add_up_to_the_full_batch(mode):
     # Uneven micro-batches [0:1], [1:4], [4:8], two of them holding an empty
     # sequence; the normalizer is the full batch's count: tokens for
@@ -180,7 +179,7 @@ def test_validation_and_empty_batch():
         jp.aggregate(v, extremes=jnp.asarray(True))
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_all_masked_batch_gives_zero_without_nan(mode):
     v = jnp.asarray(np.where(MASK, VALUES, np.nan), jnp.float32)
     none = jnp.zeros((B, T), bool)
@@ -195,7 +194,7 @@ def test_all_masked_batch_gives_zero_without_nan(mode):
     np.testing.assert_array_equal(g, 0.0)
 
 
-@pytest.mark.parametrize("mode", jp.aggregation.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_empty_sequences_give_zero_in_every_mode(mode):
     # T = 0 (sum-norm divides by T) and B = 0: an empty sum, 0 and never NaN,
     # also with a normaliser and under grad; the extremes of nothing are 0.
@@ -214,7 +213,7 @@ def test_extremes_by_hand():
     # Kept: 1, −2, 3 (row 0) and 0.5 (row 1); 9 and −7 are masked out.
     v = jnp.asarray([[1.0, -2.0, 9.0, 3.0], [-7.0, 0.5, 0.0, 0.0]])
     m = jnp.asarray([[1, 1, 0, 1], [0, 1, 0, 0]])
-    for mode in jp.aggregation.MODES:
+    for mode in MODES:
         value, metrics = jp.aggregate(v, mode=mode, where=m, extremes=True)
         assert set(metrics) == {"max", "min"}
         assert float(metrics["max"]) == 3.0 and float(metrics["min"]) == -2.0

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
-from jaxpenalties._chunking import plan as _plan
+from jaxpenalties._core.chunking import plan as _plan
 from tests.helpers import (
     assert_grads_match_finite_differences,
     materialised,
@@ -475,7 +475,7 @@ def test_bf16_head_gradient_holds_no_float32_copy_of_the_kernel(argnums):
 
 
 def test_default_chunk_size_follows_the_kernel_budget():
-    from jaxpenalties._chunking import default_chunk_size as _default_chunk_size
+    from jaxpenalties._core.chunking import default_chunk_size as _default_chunk_size
 
     def kernel(h, v, dtype):
         return jax.ShapeDtypeStruct((h, v), dtype)

@@ -148,7 +148,7 @@ def test_zero_coefficient_gives_exactly_the_rewards():
 
 def test_kl_controller_is_exported():
     assert "KLController" in jp.__all__
-    assert jp.KLController is jp.kl_control.KLController
+    assert jp.KLController is jp.rl.KLController
     for ctl in (
         jp.fixed_kl_controller(0.05),
         jp.adaptive_kl_controller(0.1, target=6.0, horizon=100.0),

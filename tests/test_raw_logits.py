@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxpenalties as jp
-from jaxpenalties._divergence_core import NotLogProbabilitiesWarning
+from jaxpenalties.divergences._run import NotLogProbabilitiesWarning
 
 # Language-model-like logits: 6 positions over 1,000 tokens, std 3.
 _K1, _K2 = jax.random.split(jax.random.key(0))

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
-from jaxpenalties.sparse import sparse_js_divergence, sparse_kl_divergence
+from jaxpenalties.large_vocab import sparse_js_divergence, sparse_kl_divergence
 from tests.helpers import (
     assert_grads_match_finite_differences,
     count_compiles,

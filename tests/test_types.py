@@ -1,5 +1,5 @@
 """Static types: mypy is clean on the package, and the ``Literal`` option aliases
-of ``jaxpenalties._types`` say exactly what the runtime checks accept."""
+of ``jaxpenalties._core.types`` say exactly what the runtime checks accept."""
 
 import pathlib
 import subprocess
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxpenalties as jp
-from jaxpenalties import _types as t
+from jaxpenalties._core import types as t
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,253 @@
+"""TODO."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpenalties._core import kl_values, normalisation, numerics
+from jaxpenalties._core.numerics import finite
+from jaxpenalties._core.types import Array
+
+KINDS = ("forward", "symmetric", "js", "entropy")
+
+
+_NEG_INF = -jnp.inf
+
+
+def _js_terms(a: Array, b: Array, beta: Array) -> tuple[Array, Array]:
+    """β p (a − m) and (1 − β) q (b − m) with m = log M, M = β p + (1 − β) q:
+    the JS terms, also ∂ JS / ∂a and ∂ JS / ∂b.
+
+    m is taken relative to the larger side: with top = max(a, b) and
+    r = max(p, q) = e^top, M / r − 1 = (β (p − r) + (1 − β)(q − r)) / r, so
+    m = top + log1p of it. One of p − r, q − r is exactly 0 and the other is
+    exact or rounded once, so where p = q, m = a exactly (JS is exactly 0),
+    and M / r ≥ min(β, 1 − β) never underflows. Three transcendentals
+    (e^a, e^b, log1p) and no sign or select, which XLA:CPU would not vectorise.
+    Where both p and q underflow, r is read as the smallest normal number and
+    the quotient is floored at its lower bound: the terms are then p · finite
+    and q · finite, i.e. 0 (also for −inf inputs, read as ``lo``).
+    """
+    fa, fb = finite(a), finite(b)
+    p, q = jnp.exp(a), jnp.exp(b)
+    # top and r are reference points: m = top + log(M / r) for any top = log r,
+    # so they carry no derivative (and no 1 / r² into second derivatives).
+    top = lax.stop_gradient(jnp.maximum(fa, fb))
+    r = lax.stop_gradient(jnp.maximum(jnp.maximum(p, q), jnp.finfo(p.dtype).tiny))
+    ratio = (beta * (p - r) + (1 - beta) * (q - r)) / r
+    m = top + jnp.log1p(jnp.maximum(ratio, jnp.minimum(beta, 1 - beta) - 1))
+    return beta * p * (fa - m), (1 - beta) * q * (fb - m)
+
+
+def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Array:
+    """Per-position values; exact unless a KL row comes out non-finite."""
+    if kind == "entropy":
+        return neg_entropy(a)
+    assert b is not None  # every other kind compares two distributions
+    if kind == "forward":
+        return normalisation.row_sum(jnp.exp(a) * (a - b))
+    if kind == "symmetric":
+        return 0.5 * normalisation.row_sum((jnp.exp(a) - jnp.exp(b)) * (a - b))
+    if kind == "js":
+        # Each element's β p log(p/M) + (1 − β) q log(q/M) is ≥ 0 (Jensen on
+        # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
+        assert beta is not None
+        ta, tb = _js_terms(a, b, beta)
+        return normalisation.row_sum(jnp.maximum(ta + tb, 0))
+    raise ValueError(f"Unknown kernel kind {kind!r}.")
+
+
+def neg_entropy(a: Array) -> Array:
+    """Σ p log p per row (= −H ≤ 0). A positive finite sum comes only from
+    rounding or log-probs above 0 (rounding in a log_softmax): the row is
+    floored at 0. A non-finite sum (a +inf or NaN log-prob) stays non-finite."""
+    rows = normalisation.row_sum(jnp.exp(a) * finite(a))
+    return jnp.where(jnp.isfinite(rows), jnp.minimum(rows, 0), rows)
+
+
+def _exact_values(kind: str, a: Array, b: Array) -> Array:
+    """The guarded KL formulas (only run when a fast row is not finite)."""
+    d = a - b
+    if kind == "forward":
+        # b = −inf under a > −inf: the true term is +inf even if p underflowed.
+        t = jnp.where(d == jnp.inf, jnp.inf, jnp.exp(a) * d)
+        return normalisation.row_sum(
+            jnp.where(a == _NEG_INF, jnp.zeros((), t.dtype), t)
+        )
+    # |d| = inf with one side −inf: the true term is +inf even if both underflow.
+    t = jnp.where(jnp.abs(d) == jnp.inf, jnp.inf, (jnp.exp(a) - jnp.exp(b)) * d)
+    return 0.5 * normalisation.row_sum(jnp.where(a == b, jnp.zeros((), t.dtype), t))
+
+
+def _grads(
+    kind: str, a: Array, b: Array | None, beta: Array | None
+) -> tuple[Array, Array | None]:
+    """∂ value / ∂a and ∂ value / ∂b (None for entropy) per element."""
+    p = jnp.exp(a)
+    if kind == "entropy":
+        return p * (finite(a) + 1), None
+    assert b is not None  # every other kind compares two distributions
+    if kind == "forward":
+        return p * (finite(a) - finite(b) + 1), -p
+    if kind == "symmetric":
+        q = jnp.exp(b)
+        d = finite(a) - finite(b)
+        return 0.5 * (p * d + p - q), 0.5 * (q - p - q * d)
+    if kind == "js":
+        assert beta is not None
+        return _js_terms(a, b, beta)
+    raise ValueError(f"Unknown kernel kind {kind!r}.")
+
+
+def _values(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> Array:
+    dtype = numerics.compute_dtype(a) if b is None else numerics.compute_dtype(a, b)
+    if kind == "forward" and normalisation.normalises(logits, t):
+        assert b is not None  # KL compares two distributions
+        normalised = functools.partial(
+            kl_values.normalised_kl, mask=mask, t=t, dtype=dtype
+        )
+        if logits:
+            return normalised(a, b)
+
+        # Log-probs under a temperature are used as given at T = 1.
+        def given(a: Array, b: Array) -> Array:
+            return _values(kind, False, a, b, mask, None, beta)
+
+        return lax.cond(t == 1, given, normalised, a, b)
+    lp_a = normalisation.log_probs(a, mask, t, logits, dtype)[0]
+    lp_b = None if b is None else normalisation.log_probs(b, mask, t, logits, dtype)[0]
+    rows = _fast_values(kind, lp_a, lp_b, beta)
+    if kind not in ("forward", "symmetric"):
+        return rows
+
+    def exact(a: Array, b: Array, mask: Array | None, t: Array | None) -> Array:
+        return _exact_values(
+            kind,
+            normalisation.log_probs(a, mask, t, logits, dtype)[0],
+            normalisation.log_probs(b, mask, t, logits, dtype)[0],
+        )
+
+    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
+    return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def divergence(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> Array:
+    """Per-position ``kind`` divergence of the distributions given by ``a`` and
+    ``b`` over the last axis.
+
+    Args:
+      kind: one of :data:`KINDS` (``"entropy"`` gives Σ p log p = −H; ``b`` is
+        then None). Static.
+      logits: True: ``a``, ``b`` are logits, always normalised as
+        ``log_softmax(x / T)``; False: log-probs, used as given at T = 1
+        (``t`` None or equal to 1). Static.
+      a, b: arrays [..., V] of any float dtype.
+      mask: None, or a boolean array [...]: rows where it is False are read as
+        zeros (garbage there reaches neither the value nor the gradient).
+      t: None or a scalar temperature in the compute dtype.
+      beta: the JS mixture weight (a scalar), or None.
+    """
+    return _values(kind, logits, a, b, mask, t, beta)
+
+
+def _coefficients(
+    kind: str,
+    logits: bool,
+    a: Array,
+    b: Array | None,
+    mask: Array | None,
+    t: Array | None,
+    beta: Array | None,
+) -> tuple[Array, Array | None, Array | None]:
+    """∂ value_row / ∂a, ∂ value_row / ∂b per element (in the compute dtype)
+    and ∂ value_row / ∂T per row; recomputed from the inputs themselves.
+
+    Each consumer of the per-element cotangents (their row sums, the
+    temperature's row sums and the elementwise result) recomputes them from
+    its own :func:`independent` view of the inputs; the row statistics of the
+    log-softmax ([..., 1]) are computed once and shared."""
+    dtype = numerics.compute_dtype(a) if b is None else numerics.compute_dtype(a, b)
+    xs = (a,) if b is None else (a, b)
+    stats = tuple(
+        normalisation.row_stats(normalisation.read(x, mask, dtype), t)
+        if normalisation.normalises(logits, t)
+        else None
+        for x in xs
+    )
+
+    def fresh(view: int) -> list[tuple[Array, Array, Array | None]]:
+        """(∂/∂log-probs, normalised log-probs, s) per input, from a new view."""
+        views, view_stats = normalisation.independent((xs, stats), view)
+        parts = [
+            normalisation.log_probs(x, mask, t, logits, dtype, st)
+            for x, st in zip(views, view_stats, strict=True)
+        ]
+        lp_b = parts[1][0] if len(parts) > 1 else None
+        grads = [g for g in _grads(kind, parts[0][0], lp_b, beta) if g is not None]
+        return [(g, n, s) for g, (_, n, s) in zip(grads, parts, strict=True)]
+
+    first = fresh(0)
+    if first[0][2] is None:  # the inputs are used as given
+        return first[0][0], first[1][0] if b is not None else None, None
+    sums = [jnp.sum(g, axis=-1, keepdims=True) for g, _, _ in first]
+    coefficients = [
+        normalisation.through_normalisation(g, n, s, t, logits, g_sum)[0]
+        for (g, n, s), g_sum in zip(fresh(1), sums, strict=True)
+    ]
+    dt: Array | None = None
+    if t is not None:  # the temperature's row sums, from a third view
+        for (g, n, s), g_sum in zip(fresh(2), sums, strict=True):
+            dt_x = normalisation.through_normalisation(g, n, s, t, logits, g_sum)[1]
+            assert dt_x is not None  # t is given
+            dt = dt_x if dt is None else dt + dt_x
+    return coefficients[0], coefficients[1] if b is not None else None, dt
+
+
+def _divergence_jvp(
+    kind: str, logits: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[Array, Array]:
+    """The tangent Σ_v (∂/∂a · da + ∂/∂b · db) + ∂/∂T · dT per row: linear in
+    the tangents, so reverse mode transposes it into the analytic gradient
+    (the coefficients are elementwise in the inputs: under ``jit`` XLA fuses
+    them into the gradient instead of storing them). β gets no derivative."""
+    a, b, mask, t, beta = primals
+    da, db, _, dt, _ = tangents
+    values = _values(kind, logits, a, b, mask, t, beta)
+    ca, cb, ct = _coefficients(kind, logits, a, b, mask, t, beta)
+
+    def row(c: Array, d: Array) -> Array:
+        if mask is not None:  # masked rows were read as zeros: no derivative
+            d = jnp.where(mask[..., None], d, jnp.zeros((), d.dtype))
+        return jnp.sum(c * d.astype(c.dtype), axis=-1)
+
+    tangent = row(ca, da)
+    if cb is not None:  # b is given
+        tangent = tangent + row(cb, db)
+    if ct is not None:  # t is given
+        tangent = tangent + ct * jnp.asarray(dt, ct.dtype)
+    return values, tangent.astype(values.dtype)
+
+
+divergence.defjvp(_divergence_jvp)

@@ -1,0 +1,157 @@
+"""TODO."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpenalties._core import checks, chunking, divergence_checks, numerics
+from jaxpenalties._core.types import (
+    Array,
+    ArrayLike,
+)
+from jaxpenalties.large_vocab import _fused_kernel as fk
+from jaxpenalties.large_vocab import _head_checks as head_checks
+from jaxpenalties.large_vocab import _indexing
+
+
+def run(
+    heads: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
+    kind: str,
+    swap: bool,
+    beta: float | None,
+    temperature: float | ArrayLike,
+    reduction: str,
+    where: ArrayLike | None,
+    chunk_size: int | None,
+    hard: tuple[Any, Any, Any, Any, Any],
+    grad_accumulation: str,
+) -> Array | tuple[Array, dict[str, Array]]:
+    """Validates what both public functions share, in their order, and runs
+    the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
+    hard_weight, label_smoothing)."""
+    checks.check_option("reduction", reduction, checks.REDUCTIONS)
+    checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
+    x, w, ref_x, ref_w = head_checks.check_heads(*heads, chunk_size)
+    hard_options = head_checks.check_hard(hard, x, w, reduction, where)
+    temperature = divergence_checks.check_temperature(temperature)
+    return _fused_impl(
+        x,
+        w,
+        ref_x,
+        ref_w,
+        temperature,
+        beta,
+        where,
+        kind=kind,
+        swap=swap,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        grad_accumulation=grad_accumulation,
+        **hard_options,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "kind",
+        "swap",
+        "reduction",
+        "chunk_size",
+        "grad_accumulation",
+        "ignore_index",
+        "label_smoothing",
+    ),
+)
+def _fused_impl(
+    x: Array,
+    w: Array,
+    ref_x: Array,
+    ref_w: Array,
+    temperature: ArrayLike | None,
+    beta: ArrayLike | None,
+    where: ArrayLike | None,
+    labels: Array | None = None,
+    soft_weight: ArrayLike | None = None,
+    hard_weight: ArrayLike | None = None,
+    *,
+    kind: str,
+    swap: bool,
+    reduction: str,
+    chunk_size: int | None,
+    grad_accumulation: str = "float32",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Array | tuple[Array, dict[str, Array]]:
+    dtype = numerics.compute_dtype(x, w, ref_x, ref_w)
+    lay = chunking.layout(x, w, chunk_size)
+    mask = checks.broadcast_where(where, lay.positions)
+    xs = lay.chunked(numerics.sanitize(x, mask))
+    rxs = lay.chunked(numerics.sanitize(ref_x, mask))
+    valid = jnp.ones(lay.positions, bool) if mask is None else mask
+
+    has_t = temperature is not None
+    t = jnp.asarray(temperature if has_t else 1.0, dtype)
+    beta = jnp.asarray(0.5 if beta is None else beta, dtype)
+    config = fk.Config(
+        kind=kind,
+        swap=swap,
+        has_t=has_t,
+        dtypes=fk.PerInput(x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype),
+        smoothing=label_smoothing,
+        accumulation=grad_accumulation,
+    )
+
+    heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
+    if labels is not None:
+        parts = (soft_weight, hard_weight)
+        return _distill(
+            config, lay, heads, valid, labels, parts, ignore_index, reduction
+        )
+    if reduction == "none":
+        values = fk.fused_values(config, *heads)  # [n_chunks, C]
+        return numerics.reduce(lay.unchunked(values), reduction, mask)
+    weights = lay.chunked(valid).astype(dtype)
+    total, _ = fk.fused_total(config, *heads, weights, None)
+    if reduction == "sum":
+        return total
+    count = lay.n if mask is None else jnp.sum(mask, dtype=dtype)
+    return total / jnp.maximum(jnp.asarray(count, dtype), 1)
+
+
+def _distill(
+    config: fk.Config,
+    lay: chunking.Layout,
+    heads: fk.Heads,
+    valid: Array,
+    labels: Array,
+    weights: tuple[Any, Any],  # checked numbers or scalar arrays
+    ignore_index: int,
+    reduction: str,
+) -> tuple[Array, dict[str, Array]]:
+    """soft · divergence + hard · CE(labels) in one pass, and both parts."""
+    soft_weight, hard_weight = weights
+    dtype = heads.t.dtype
+    kept = valid & (labels != ignore_index)
+    if reduction == "mean":
+        soft_scale = soft_weight / jnp.maximum(jnp.sum(valid, dtype=dtype), 1)
+        hard_scale = hard_weight / jnp.maximum(jnp.sum(kept, dtype=dtype), 1)
+    else:
+        soft_scale, hard_scale = soft_weight, hard_weight
+    div_weights = lay.chunked(valid).astype(dtype) * soft_scale
+    ce_weights = lay.chunked(kept).astype(dtype) * hard_scale
+    # Labels outside [0, V) ∪ {ignore_index} at kept positions: NaN there.
+    safe_labels = _indexing.clean(labels, heads.w.shape[1], kept)
+    hard = (lay.chunked(safe_labels), ce_weights)
+    total, (div, ce) = fk.fused_total(config, *heads, div_weights, hard)
+    div, ce = lax.stop_gradient((lay.unchunked(div), lay.unchunked(ce)))
+    metrics = {
+        "divergence": numerics.reduce(div, reduction, valid),
+        "cross_entropy": numerics.reduce(ce, reduction, kept),
+    }
+    return total, metrics
