@@ -1,4 +1,14 @@
-"""TODO."""
+"""Private: the argument checks every public function uses.
+
+Static options go through :func:`check_option` / :func:`check_static` (a
+traced value where a Python value is expected is a ``TypeError`` saying so),
+numeric ones through :func:`check_scalar` (and :func:`check_weight`,
+:func:`check_max_log_ratio`, built on it), arrays through
+:func:`check_floating`, :func:`check_same_shape` and :func:`broadcast_where`.
+Messages follow one form: "Expected `name` to be …, got …". The checks of the
+divergence options build on these in :mod:`.divergence_checks`, those of a
+linear head's inputs in ``jaxpenalties.large_vocab._head_checks``.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 PARAM_REDUCTIONS: tuple[str, ...] = get_args(ParamReduction)
 
 
-def _is_array_like_value(value: Any) -> bool:
+def is_array_like_value(value: Any) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
 
 
@@ -33,7 +43,7 @@ def check_static(name: str, value: Any) -> None:
 
     Static options select code paths at trace time; a traced value cannot.
     """
-    if _is_array_like_value(value):
+    if is_array_like_value(value):
         raise TypeError(
             f"`{name}` must be a static Python value (str, bool, int, float or "
             f"None), got an array or traced value of type {type(value).__name__}. "
@@ -141,10 +151,10 @@ def check_scalar(
     recompiles.
     """
     if isinstance(value, bool) or not (
-        isinstance(value, numbers.Real) or _is_array_like_value(value)
+        isinstance(value, numbers.Real) or is_array_like_value(value)
     ):
         raise ValueError(f"Expected `{name}` to be a number, got {value!r}.")
-    if _is_array_like_value(value):
+    if is_array_like_value(value):
         if np.ndim(value) != 0:
             raise ValueError(
                 f"Expected `{name}` to be a scalar, got an array of shape "
@@ -215,7 +225,7 @@ def check_weight(name: str, weight: Any, *, fixed: bool = False) -> Any:
             "function; that never recompiles."
         )
     if isinstance(weight, bool) or not (
-        isinstance(weight, numbers.Real) or _is_array_like_value(weight)
+        isinstance(weight, numbers.Real) or is_array_like_value(weight)
     ):
         raise TypeError(
             f"Expected `{name}` to be a number >= 0 or a schedule (a callable "

@@ -1,4 +1,11 @@
-"""TODO."""
+"""Private: the options every divergence shares, checked once.
+
+Temperature, JS β, KL direction (with ``symmetric``) and a pair of
+log-probability arrays over one axis: the dense divergences, the top-k ones and
+the fused heads all read these options the same way, through these checks
+(built on :mod:`.checks`). Every check runs eagerly, at trace time; a traced
+value that cannot be checked is passed on as it is.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 r"""Private: the forward-KL value of two normalised rows, term by term ≥ 0.
 
-With shifted tempered logits s_x, s_y (each ≤ 0, see :mod:`._kernels`),
+With shifted tempered logits s_x, s_y (each ≤ 0, see :mod:`.normalisation`),
 S = Σ e^s and p = e^{s_x} / S_x, q = e^{s_y} / S_y,
 
 .. math::
@@ -148,7 +148,7 @@ def normalised_kl(
     a: Array, b: Array, *, mask: Array | None, t: Array | None, dtype: Any
 ) -> Array:
     """KL(P‖Q) per row of P = softmax(a / T), Q = softmax(b / T), term by term
-    ≥ 0 (:mod:`._kl_values`). When a row comes out non-finite (a −inf entry,
+    ≥ 0 (:func:`terms`). When a row comes out non-finite (a −inf entry,
     as the plain KL formula does), every row is recomputed with the guarded
     terms (from the user's arrays, which the ``lax.cond`` takes without a
     copy)."""
@@ -162,7 +162,8 @@ def normalised_kl(
 
     xs = inputs(a, b)
     sum_y = jnp.sum(jnp.exp(shift(xs[1], xs[3])), axis=-1, keepdims=True)
-    # The gap's row sum apart from S_y's (see _kl_values), from the user's arrays.
+    # The gap's row sum apart from S_y's (see log_normaliser_gap), from the
+    # user's arrays.
     a_, b_, top_a, top_b = _apart(a, b, xs[2], xs[3])
     apart = (
         normalisation.read(a_, mask, dtype),

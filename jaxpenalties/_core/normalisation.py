@@ -1,4 +1,16 @@
-"""TODO."""
+"""Private: logits to log-probabilities inside the kernel's fusions.
+
+With s = (x − max x) / T (≤ 0, exactly 0 at the maximum) and
+a = log_softmax(x / T) = s − log Σ e^s, a cotangent ∂/∂a goes back as
+
+    ∂/∂x = (∂/∂a − p Σ ∂/∂a) / T,    ∂/∂T = −Σ (∂/∂a − p Σ ∂/∂a) s / T.
+
+The inputs are read as given (any float dtype, masked rows as zeros) and
+upcast inside each expression (:func:`read`), never as a separate copy.
+:func:`independent` gives XLA views of the inputs that it cannot merge, so
+that an expensive [N, V] expression is recomputed in each fusion that needs it
+instead of being stored.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO."""
+"""Private: the compute dtype, reductions over positions and the safe forms.
+
+Every public function upcasts with :func:`compute_dtype` (float32, or float64
+under x64), reduces its per-position values with :func:`reduce` (``mean`` over
+the kept positions, 0 where none is kept), and writes ``w · x`` with
+:func:`weighted` (exactly 0 where w = 0, also for an infinite x).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""TODO."""
+"""Private: pytrees of parameters, leaf by leaf.
+
+Readable leaf names (``params['w'][0]``) for messages, the one rule of which
+leaves a parameter penalty reads (:func:`has_gradient`: floating leaves; an
+int step counter or an equinox module's activation function is not one), and
+the pairing of a reference pytree (an L2-SP centre) with those leaves
+(:func:`matching_leaves`), with a short message naming the first difference.
+"""
 
 from __future__ import annotations
 

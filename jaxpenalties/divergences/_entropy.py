@@ -1,4 +1,6 @@
-"""TODO."""
+"""Shannon entropy H(P) = −Σ p log p over a distribution axis, as a penalty
+(``mode="penalty"``, −H) or a bonus. Shannon (1948).
+"""
 
 from __future__ import annotations
 

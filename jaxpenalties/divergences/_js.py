@@ -1,4 +1,6 @@
-"""TODO."""
+"""Generalised Jensen–Shannon divergence
+JS_β(P‖Q) = β KL(P‖M) + (1 − β) KL(Q‖M), M = β P + (1 − β) Q. Lin (1991).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO."""
+"""KL(P‖Q) = Σ p (log p − log q) over a distribution axis: forward, reverse, or
+symmetric (½ (KL(P‖Q) + KL(Q‖P)) in one pass). Kullback & Leibler (1951).
+"""
 
 from __future__ import annotations
 

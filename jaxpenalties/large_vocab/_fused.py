@@ -1,4 +1,39 @@
-"""TODO."""
+"""Memory-bounded divergences between linear-head distributions (large vocabularies).
+
+``fused_linear_kl_divergence`` and ``fused_linear_js_divergence`` take hidden
+states and the head's kernel instead of log-probabilities: P = softmax(x @ w / T),
+Q = softmax(ref_x @ ref_w / T). The [positions, V] logits are never formed for all
+positions at once, neither in the forward nor in the backward pass: positions are
+processed in chunks of at most ``chunk_size`` rows inside one ``lax.scan``, so the
+peak extra memory is O(chunk_size · V) (plus one float32 [H, V] accumulator per
+head whose gradient is requested, and one float32 [H, V] partial product per
+chunk on backends that do not accumulate a matmul in place).
+
+Precision: the logits are bf16 × bf16 products accumulated in float32 for a bf16
+head; the backward matmuls take the float32 logit cotangent rounded to the
+input dtype (as autodiff of a bf16 matmul does), accumulate in float32, and the
+weight gradient is summed over chunks in float32 (costing H · V · 4 bytes,
+2 GiB for a 4,096 × 128k head, instead of half that in bf16, and sparing the
+bf16 rounding error of each chunk's partial sum).
+
+With integer ``labels`` the same pass also gives the student's cross-entropy
+(distillation with hard labels): per chunk, its gradient is added to the
+divergence's logit cotangent before the backward matmuls.
+
+The gradient: with ``reduction="mean"`` / ``"sum"`` a custom JVP rule forms the
+value and the gradients in one pass over the chunks (a frozen head costs no
+gradient work); with ``"none"`` the backward pass recomputes each chunk's
+logits (see :mod:`._fused_kernel`, measured in ``benchmarks/fused.py``).
+
+Sharding: positions are split into chunks *strided* across the flattened
+position axis (position i belongs to chunk i mod n_chunks), so each chunk holds a
+slice of every shard when positions are sharded over devices and the scan never
+runs over a sharded axis; a vocabulary-sharded kernel gives vocabulary-sharded
+logits. Under explicit sharding the sharded position axes are flattened first,
+the chunk size is chosen to split evenly over the position shards, and each
+shard keeps its own partial weight gradient until after the loop (one
+all-reduce instead of one per chunk).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Private: the maths of one chunk of the fused linear-head divergences.
 
 Given a chunk's logits [C, V] of both heads, the divergence kernel of
-:mod:`jaxpenalties._kernels` gives the per-position values and their
+:mod:`jaxpenalties._core.kernel` gives the per-position values and their
 cotangents; the hard-label cross-entropy (with label smoothing) and its
 gradient are formed from row statistics, so each [C, V] expression fuses into
 its consumer.
@@ -67,7 +67,7 @@ def cross_entropy(z: Array, labels: Array, smoothing: float) -> tuple[Array, Arr
     smoothing ε, and its gradient w.r.t. z but for the label term:
     CE = (1 − ε)(lse − z_y) + ε (lse − mean_v z),  ∂/∂z = p − ε / V − (1 − ε) e_y.
     A label outside [0, V) gives NaN in the row's value and gradient (the
-    rule of :mod:`jaxpenalties._indexing`).
+    rule of :mod:`._indexing`).
     """
     # Row statistics only ([C, 1]); every [C, V] expression below reads z
     # directly, so each fuses into its consumer instead of being stored.

@@ -1,9 +1,9 @@
 """Private: the chunked scans of the fused linear-head divergences and their
 derivative rules.
 
-Hidden states arrive laid out in chunks by :mod:`jaxpenalties._chunking`
+Hidden states arrive laid out in chunks by :mod:`jaxpenalties._core.chunking`
 ([C, n_chunks, H]); one ``lax.scan`` forms each chunk's logits, the
-divergence kernel (through :mod:`jaxpenalties._fused_chunk`) gives its
+divergence kernel (through :mod:`._fused_chunk`) gives its
 per-position values, and the rules below give the gradients:
 
 * :func:`fused_total` (``reduction="mean"`` / ``"sum"``, and hard labels): a

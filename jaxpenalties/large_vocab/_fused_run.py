@@ -1,4 +1,11 @@
-"""TODO."""
+"""Private: the one entry of the fused KL and JS heads.
+
+Checks the options and arrays once, plans the chunks
+(``jaxpenalties._core.chunking``), and calls the chunked kernel
+(:mod:`._fused_kernel`) with the student's and the teacher's heads, optional
+hard labels and their weights; the public functions in :mod:`._fused` only
+name their divergence.
+"""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 The student's log-probs ``log_softmax(x @ w)`` are formed a chunk of positions at
 a time (the layout of the fused divergences) and compared with the stored top-k
-teacher by the same exact kernel as :mod:`jaxpenalties.sparse`, with the same
+teacher by the same exact kernel as :mod:`._sparse`, with the same
 ``tail`` and ``temperature`` conventions. Each chunk's computation is rematerialised in
-the backward pass (:mod:`jaxpenalties._head_scan`), so the extra memory is
+the backward pass (:mod:`._head_scan`), so the extra memory is
 O(chunk_size · V) in both passes, and the weight gradient is summed over chunks
 by the rule every fused path shares (``grad_accumulation``).
 """

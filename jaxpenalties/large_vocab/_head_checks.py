@@ -1,4 +1,10 @@
-"""TODO."""
+"""Private: the checks of a linear head's inputs and of token ids.
+
+Hidden states and kernels (shapes, dtypes, vocabulary size), chunk sizes, hard
+labels, sampled tokens and top-k teachers (indices and log-probs). Concrete ids
+outside [0, V) are refused eagerly; traced ones are handled where they are
+read (:mod:`._indexing`).
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 logits. Its backward pass recomputes each chunk's logits, takes the cotangent
 through ``f`` by autodiff, and forms dx = dz · wᵀ chunk by chunk and
 dw = Σ_k x_kᵀ · dz_k by the accumulation rule every fused path shares
-(:func:`jaxpenalties.chunking.accumulate`: float32 by default, the kernel's
+(:func:`jaxpenalties._core.chunking.accumulate`: float32 by default, the kernel's
 dtype on request). The top-k teacher heads and the sampled-token log-probs use
 it; the fused divergences have their own one-pass rule with the same
 accumulation.

@@ -1,7 +1,7 @@
 """Private: one rule for every integer id that picks a vocabulary entry (hard
 labels, sampled tokens, top-k teacher indices), on every path.
 
-Concrete ids are checked eagerly (:func:`jaxpenalties.head_checks.check_ids`).
+Concrete ids are checked eagerly (:func:`._head_checks.check_ids`).
 Traced ids (every jitted training step) cannot be, so here an id outside
 [0, V), or a repeated top-k index, makes its position's value NaN and the
 gradient that position sends NaN: never another entry's number (as a negative
@@ -11,7 +11,7 @@ in-range ids (invalid ones clipped, then marked by a factor that is 1 or NaN),
 so they cost what a plain ``take_along_axis`` costs: no [rows, V] one-hot.
 Under explicit sharding they run with XLA choosing the collectives
 (``jax.sharding.auto_axes``) and give back the operand's row sharding, as
-:func:`jaxpenalties.chunking.dot` does for matmuls.
+:func:`jaxpenalties._core.chunking.dot` does for matmuls.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Private: the top-k teacher kernel of :mod:`jaxpenalties.sparse` (also run
-per chunk by :mod:`jaxpenalties.fused_sparse`).
+"""Private: the top-k teacher kernel of :mod:`._sparse` (also run
+per chunk by :mod:`._fused_sparse`).
 
 The student's log-probs are gathered at the teacher's k entries; with
 ``tail="bucket"`` each side gets one more bucket for the mass outside them,
 computed in log space; the exact divergence kernel of
-:mod:`jaxpenalties._kernels` does the rest.
+:mod:`jaxpenalties._core.kernel` does the rest.
 """
 
 from __future__ import annotations

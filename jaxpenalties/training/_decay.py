@@ -1,4 +1,7 @@
-"""TODO."""
+"""The named decays: L1, elastic net and L2-SP (L2 towards a centre kept in the
+optimiser state), each the gradient of its penalty added to the updates at a
+chosen place of an ``optax.chain`` (decoupled, AdamW-style).
+"""
 
 from __future__ import annotations
 

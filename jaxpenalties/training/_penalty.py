@@ -1,4 +1,9 @@
-"""TODO."""
+""":class:`Penalty`: one regularisation term, validated when it is made.
+
+Which function, on which inputs (named entries of the params, the batch or the
+loss's outputs), with which weight (a number or a schedule of the step), under
+which name in the metrics. :func:`jaxpenalties.regularize` composes them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""TODO."""
+"""optax gradient transformations that add the gradient of a penalty of the params.
+
+Decoupled regularisation (AdamW-style): instead of adding ``w · penalty(params)``
+to the loss, add ``w · ∇penalty(params)`` to the updates at a chosen place of an
+``optax.chain``. What optax already has (L2 decay ``add_decayed_weights``,
+clipping, AGC, noise, centralisation) is not repeated here.
+
+This module: the general transform, for any penalty of the params.
+"""
 
 from __future__ import annotations
 

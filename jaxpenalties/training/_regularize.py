@@ -1,4 +1,18 @@
-"""TODO."""
+"""Composing penalties into a training loss.
+
+:class:`Penalty` (:mod:`._penalty`) is a frozen, validated description of one
+regularisation term (which function, on which inputs, with which weight).
+:func:`regularize` turns a task loss and a list of penalties into one pure
+function
+``f(params, batch, *args, step=0, weights=None) -> (total, aux)`` that goes
+straight into ``jax.value_and_grad(f, has_aux=True)`` and a jitted train step.
+
+Everything happens in-graph: weights (constants, schedules on ``step`` and
+per-call overrides) enter as traced arrays, so changing them never recompiles;
+metrics stay arrays; nothing is sent to the host.
+
+The steps of the call live in :mod:`._steps`, each a module-level function.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""TODO."""
+"""Private: the leaf-by-leaf update shared by the penalty transforms.
+
+The transforms add ``w · gradient`` to the updates of the leaves a penalty
+reads (``jaxpenalties._core.trees.has_gradient``) under ``optax.masked``'s
+mask, with explicit casts, so bf16 params run under strict dtype promotion.
+"""
 
 from __future__ import annotations
 
