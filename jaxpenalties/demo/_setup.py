@@ -9,7 +9,7 @@ setting and a held-out evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -18,7 +18,10 @@ import numpy as np
 import optax
 
 import jaxpenalties as jp
-from jaxpenalties._core.types import Batch, Outputs, Params
+
+Params = Any  # the model's flax params pytree
+Batch = Mapping[str, Any]  # a batch: named arrays
+Outputs = Mapping[str, Any]  # a loss's named auxiliary outputs
 
 OLD_CLASSES = (0, 1, 2, 3, 4)
 NUM_CLASSES = 10
