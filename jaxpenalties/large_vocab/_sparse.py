@@ -114,13 +114,12 @@ def sparse_kl_divergence(
       TypeError: non-integer indices, non-float log-probs, traced option.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxpenalties.sparse import sparse_kl_divergence
+      >>> import jax.numpy as jnp, jaxpenalties as jp
       >>> student = jnp.log(jnp.array([0.5, 0.25, 0.25]))
       >>> idx, teacher = jnp.array([0, 1]), jnp.log(jnp.array([0.25, 0.5]))
-      >>> print(f"{sparse_kl_divergence(student, idx, teacher):.4f}")  # ⅓ log 2
+      >>> print(f"{jp.sparse_kl_divergence(student, idx, teacher):.4f}")  # ⅓ log 2
       0.2310
-      >>> kl = sparse_kl_divergence(student, idx, teacher, tail="bucket")
+      >>> kl = jp.sparse_kl_divergence(student, idx, teacher, tail="bucket")
       >>> print(f"{kl:.4f}")  # tails 0.25 and 0.25: ¼ log 2
       0.1733
 
@@ -179,13 +178,12 @@ def sparse_js_divergence(
       TypeError: as :func:`sparse_kl_divergence`.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxpenalties.sparse import sparse_js_divergence
+      >>> import jax.numpy as jnp, jaxpenalties as jp
       >>> student = jnp.log(jnp.full((4,), 0.25))
       >>> idx, teacher = jnp.array([0, 1]), jnp.log(jnp.array([0.5, 0.5]))
-      >>> print(f"{sparse_js_divergence(student, idx, teacher):.4f}")  # both ½, ½
+      >>> print(f"{jp.sparse_js_divergence(student, idx, teacher):.4f}")  # both ½, ½
       0.0000
-      >>> js = sparse_js_divergence(student, idx, teacher, tail="bucket")
+      >>> js = jp.sparse_js_divergence(student, idx, teacher, tail="bucket")
       >>> print(f"{js:.4f}")  # ¼ ¼ ½ against ½ ½ 0: ¾ log(4/3)
       0.2158
 
