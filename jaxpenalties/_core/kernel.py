@@ -56,7 +56,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties._core import kl_values, normalisation, numerics
-from jaxpenalties._core.numerics import finite
 from jaxpenalties._core.types import Array
 
 KINDS = ("forward", "symmetric", "js", "entropy")
@@ -79,7 +78,7 @@ def _js_terms(a: Array, b: Array, beta: Array) -> tuple[Array, Array]:
     the quotient is floored at its lower bound: the terms are then p · finite
     and q · finite, i.e. 0 (also for −inf inputs, read as ``lo``).
     """
-    fa, fb = finite(a), finite(b)
+    fa, fb = numerics.finite(a), numerics.finite(b)
     p, q = jnp.exp(a), jnp.exp(b)
     # top and r are reference points: m = top + log(M / r) for any top = log r,
     # so they carry no derivative (and no 1 / r² into second derivatives).
@@ -112,7 +111,7 @@ def neg_entropy(a: Array) -> Array:
     """Σ p log p per row (= −H ≤ 0). A positive finite sum comes only from
     rounding or log-probs above 0 (rounding in a log_softmax): the row is
     floored at 0. A non-finite sum (a +inf or NaN log-prob) stays non-finite."""
-    rows = normalisation.row_sum(jnp.exp(a) * finite(a))
+    rows = normalisation.row_sum(jnp.exp(a) * numerics.finite(a))
     return jnp.where(jnp.isfinite(rows), jnp.minimum(rows, 0), rows)
 
 
@@ -136,13 +135,13 @@ def _grads(
     """∂ value / ∂a and ∂ value / ∂b (None for entropy) per element."""
     p = jnp.exp(a)
     if kind == "entropy":
-        return p * (finite(a) + 1), None
+        return p * (numerics.finite(a) + 1), None
     assert b is not None  # every other kind compares two distributions
     if kind == "forward":
-        return p * (finite(a) - finite(b) + 1), -p
+        return p * (numerics.finite(a) - numerics.finite(b) + 1), -p
     if kind == "symmetric":
         q = jnp.exp(b)
-        d = finite(a) - finite(b)
+        d = numerics.finite(a) - numerics.finite(b)
         return 0.5 * (p * d + p - q), 0.5 * (q - p - q * d)
     if kind == "js":
         assert beta is not None
@@ -159,7 +158,7 @@ def _values(
     t: Array | None,
     beta: Array | None,
 ) -> Array:
-    dtype = numerics.compute_dtype(a) if b is None else numerics.compute_dtype(a, b)
+    dtype = numerics.compute_dtype(*(x for x in (a, b) if x is not None))
     if kind == "forward" and normalisation.normalises(logits, t):
         assert b is not None  # KL compares two distributions
         normalised = functools.partial(
@@ -186,8 +185,7 @@ def _values(
             normalisation.log_probs(b, mask, t, logits, dtype)[0],
         )
 
-    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
-    return lax.cond(flag, exact, lambda *_: rows, a, b, mask, t)
+    return numerics.unless_all_finite(rows, exact, a, b, mask, t)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -234,7 +232,7 @@ def _coefficients(
     temperature's row sums and the elementwise result) recomputes them from
     its own :func:`independent` view of the inputs; the row statistics of the
     log-softmax ([..., 1]) are computed once and shared."""
-    dtype = numerics.compute_dtype(a) if b is None else numerics.compute_dtype(a, b)
+    dtype = numerics.compute_dtype(*(x for x in (a, b) if x is not None))
     xs = (a,) if b is None else (a, b)
     stats = tuple(
         normalisation.row_stats(normalisation.read(x, mask, dtype), t)

@@ -133,7 +133,9 @@ def _apart(a: Array, b: Array, top_a: Array, top_b: Array) -> list[Array]:
     four (a reduction of them is then not fused with one of the originals'),
     elsewhere the row maxima only (free: the [..., 1] maxima are tiny). A
     shared e^{s_y} feeding two row sums is stored at [N, V] float32 when the
-    GPU's fusion cost model declines to duplicate it (it does on an H200)."""
+    GPU's fusion cost model declines to duplicate it (it does on an H200); the
+    same device as :func:`.normalisation.independent`, whose CPU branch is the
+    identity where this one's keeps the row sums apart."""
 
     def cpu(*xs: Array) -> list[Array]:
         return list(lax.optimization_barrier(xs))
@@ -179,5 +181,4 @@ def normalised_kl(
         stats = log_normaliser_gap(*xs, shift, sum_y, guarded=True)
         return normalisation.row_sum(terms(*xs, shift, stats, guarded=True))
 
-    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
-    return lax.cond(flag, exact, lambda *_: rows, a, b, sum_y)
+    return numerics.unless_all_finite(rows, exact, a, b, sum_y)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxpenalties._core import numerics
-from jaxpenalties._core.numerics import finite
 from jaxpenalties._core.types import Array
 
 
@@ -146,7 +145,7 @@ def through_normalisation(
         return ds, None
     # Σ ds · s over entries with s = −inf is 0 · lo = 0: no derivative to T.
     t = at_least_tiny(t)
-    dt = -jnp.sum(ds * finite(s), axis=-1) / t
+    dt = -jnp.sum(ds * numerics.finite(s), axis=-1) / t
     dx = ds / t
     if not logits:
         dx = jnp.where(t == 1, g, dx)

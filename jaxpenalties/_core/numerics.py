@@ -99,6 +99,15 @@ def safe_sqrt(sq: jax.Array) -> jax.Array:
     return jnp.where(positive, root, jnp.zeros((), sq.dtype))
 
 
+def unless_all_finite(rows: jax.Array, exact: Any, *operands: Any) -> jax.Array:
+    """``rows``, or ``exact(*operands)`` for every row when any row of them is
+    not finite: the guarded fallback of the kernels, which evaluate the fast
+    formula first. The ``lax.cond`` takes its operands (the user's arrays)
+    without a copy, and runs ``exact`` only when needed."""
+    flag = jnp.logical_not(jnp.all(jnp.isfinite(rows)))
+    return jax.lax.cond(flag, exact, lambda *_: rows, *operands)
+
+
 def weighted(w: jax.Array, x: jax.Array, dtype: Any) -> jax.Array:
     """``w · x`` in ``dtype``; exactly 0 where ``w == 0``, even for inf or NaN ``x``."""
     w = w.astype(dtype)
