@@ -22,6 +22,8 @@ With ``a = log p``, ``b = log q`` the kernels and their gradients are
 * JS_β        ``β Σ p (a − m) + (1−β) Σ q (b − m)``, m = log(β p + (1−β) q):
   ∂/∂a = β p (a − m),  ∂/∂b = (1 − β) q (b − m)
 * ``Σ p a`` (= −H):                    ∂/∂a = p (a + 1)
+* total variation, Amari's α-divergence and skew KL: per-element terms and
+  derivatives from :mod:`.f_divergences` (each term ≥ 0, exact near p = q)
 
 and, for logits or under a temperature, through the normalisation
 (:mod:`.normalisation`).
@@ -55,38 +57,28 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties._core import kl_values, normalisation, numerics
+from jaxpenalties._core import f_divergences, kl_values, normalisation, numerics
 from jaxpenalties._core.types import Array
 
-KINDS = ("forward", "symmetric", "js", "entropy")
+KINDS = ("forward", "symmetric", "js", "entropy", "tv", "alpha", "skew")
+
+#: The kinds that take a scalar parameter: JS's β, α, skew λ.
+PARAMETRISED = ("js", "alpha", "skew")
+
+# The f-divergence kinds of :mod:`.f_divergences`: (terms, derivatives), each
+# a function of (a, b, param); TV takes no parameter.
+_F_KINDS = {
+    "js": (f_divergences.js_terms, f_divergences.js_grads),
+    "tv": (
+        lambda a, b, _: f_divergences.tv_terms(a, b),
+        lambda a, b, _: f_divergences.tv_grads(a, b),
+    ),
+    "alpha": (f_divergences.alpha_terms, f_divergences.alpha_grads),
+    "skew": (f_divergences.skew_terms, f_divergences.skew_grads),
+}
 
 
 _NEG_INF = -jnp.inf
-
-
-def _js_terms(a: Array, b: Array, beta: Array) -> tuple[Array, Array]:
-    """β p (a − m) and (1 − β) q (b − m) with m = log M, M = β p + (1 − β) q:
-    the JS terms, also ∂ JS / ∂a and ∂ JS / ∂b.
-
-    m is taken relative to the larger side: with top = max(a, b) and
-    r = max(p, q) = e^top, M / r − 1 = (β (p − r) + (1 − β)(q − r)) / r, so
-    m = top + log1p of it. One of p − r, q − r is exactly 0 and the other is
-    exact or rounded once, so where p = q, m = a exactly (JS is exactly 0),
-    and M / r ≥ min(β, 1 − β) never underflows. Three transcendentals
-    (e^a, e^b, log1p) and no sign or select, which XLA:CPU would not vectorise.
-    Where both p and q underflow, r is read as the smallest normal number and
-    the quotient is floored at its lower bound: the terms are then p · finite
-    and q · finite, i.e. 0 (also for −inf inputs, read as ``lo``).
-    """
-    fa, fb = numerics.finite(a), numerics.finite(b)
-    p, q = jnp.exp(a), jnp.exp(b)
-    # top and r are reference points: m = top + log(M / r) for any top = log r,
-    # so they carry no derivative (and no 1 / r² into second derivatives).
-    top = lax.stop_gradient(jnp.maximum(fa, fb))
-    r = lax.stop_gradient(jnp.maximum(jnp.maximum(p, q), jnp.finfo(p.dtype).tiny))
-    ratio = (beta * (p - r) + (1 - beta) * (q - r)) / r
-    m = top + jnp.log1p(jnp.maximum(ratio, jnp.minimum(beta, 1 - beta) - 1))
-    return beta * p * (fa - m), (1 - beta) * q * (fb - m)
 
 
 def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Array:
@@ -98,12 +90,9 @@ def _fast_values(kind: str, a: Array, b: Array | None, beta: Array | None) -> Ar
         return normalisation.row_sum(jnp.exp(a) * (a - b))
     if kind == "symmetric":
         return 0.5 * normalisation.row_sum((jnp.exp(a) - jnp.exp(b)) * (a - b))
-    if kind == "js":
-        # Each element's β p log(p/M) + (1 − β) q log(q/M) is ≥ 0 (Jensen on
-        # x log x), so flooring it at 0 removes only rounding: JS ≥ 0 exactly.
-        assert beta is not None
-        ta, tb = _js_terms(a, b, beta)
-        return normalisation.row_sum(jnp.maximum(ta + tb, 0))
+    if kind in _F_KINDS:
+        assert b is not None  # every f-divergence compares two distributions
+        return normalisation.row_sum(_F_KINDS[kind][0](a, b, beta))
     raise ValueError(f"Unknown kernel kind {kind!r}.")
 
 
@@ -143,10 +132,17 @@ def _grads(
         q = jnp.exp(b)
         d = numerics.finite(a) - numerics.finite(b)
         return 0.5 * (p * d + p - q), 0.5 * (q - p - q * d)
-    if kind == "js":
-        assert beta is not None
-        return _js_terms(a, b, beta)
+    if kind in _F_KINDS:
+        return _F_KINDS[kind][1](a, b, beta)
     raise ValueError(f"Unknown kernel kind {kind!r}.")
+
+
+def _parameter(kind: str, beta: Array | None) -> Array | None:
+    """α and λ, NaN outside [0, 1] (a traced value cannot be checked)."""
+    if kind in ("alpha", "skew"):
+        assert beta is not None  # both kinds take their parameter
+        return f_divergences.checked(beta)
+    return beta
 
 
 def _values(
@@ -159,6 +155,7 @@ def _values(
     beta: Array | None,
 ) -> Array:
     dtype = numerics.compute_dtype(*(x for x in (a, b) if x is not None))
+    beta = _parameter(kind, beta)
     if kind == "forward" and normalisation.normalises(logits, t):
         assert b is not None  # KL compares two distributions
         normalised = functools.partial(
@@ -211,7 +208,9 @@ def divergence(
       mask: None, or a boolean array [...]: rows where it is False are read as
         zeros (garbage there reaches neither the value nor the gradient).
       t: None or a scalar temperature in the compute dtype.
-      beta: the JS mixture weight (a scalar), or None.
+      beta: the kind's scalar parameter (JS's β, α, skew λ; see
+        :data:`PARAMETRISED`), or None. A traced α or λ outside [0, 1] gives
+        NaN.
     """
     return _values(kind, logits, a, b, mask, t, beta)
 
@@ -233,6 +232,7 @@ def _coefficients(
     its own :func:`independent` view of the inputs; the row statistics of the
     log-softmax ([..., 1]) are computed once and shared."""
     dtype = numerics.compute_dtype(*(x for x in (a, b) if x is not None))
+    beta = _parameter(kind, beta)
     xs = (a,) if b is None else (a, b)
     stats = tuple(
         normalisation.row_stats(normalisation.read(x, mask, dtype), t)

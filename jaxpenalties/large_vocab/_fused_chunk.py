@@ -32,7 +32,7 @@ def chunk_values(
         b,
         None,
         t if has_t else None,
-        beta if kind == "js" else None,
+        beta if kind in kernel.PARAMETRISED else None,
     )
 
 
