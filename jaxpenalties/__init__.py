@@ -5,9 +5,13 @@ grouped by family in the namespaces ``jp.divergences``, ``jp.large_vocab``,
 ``jp.rl``, ``jp.penalties`` and ``jp.training`` (one folder each).
 """
 
+from jaxpenalties.divergences import alpha_divergence as alpha_divergence
 from jaxpenalties.divergences import entropy as entropy
 from jaxpenalties.divergences import js_divergence as js_divergence
 from jaxpenalties.divergences import kl_divergence as kl_divergence
+from jaxpenalties.divergences import skew_kl_divergence as skew_kl_divergence
+from jaxpenalties.divergences import total_variation as total_variation
+from jaxpenalties.divergences import uld_distance as uld_distance
 from jaxpenalties.large_vocab import (
     fused_linear_js_divergence as fused_linear_js_divergence,
 )
@@ -66,6 +70,7 @@ __all__ = [
     "add_l2_sp_decay",
     "add_penalty_gradient",
     "aggregate",
+    "alpha_divergence",
     "check_finite",
     "consistency",
     "elastic_net",
@@ -87,6 +92,9 @@ __all__ = [
     "orthogonality",
     "output_magnitude_penalty",
     "regularize",
+    "skew_kl_divergence",
     "sparse_js_divergence",
     "sparse_kl_divergence",
+    "total_variation",
+    "uld_distance",
 ]

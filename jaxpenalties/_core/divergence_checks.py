@@ -91,3 +91,28 @@ def check_pair(
     checks.check_same_shape(names[0], p, names[1], q)
     axis = checks.normalize_axis(axis, p.ndim)
     return p, q, axis
+
+
+def check_unit(name: str, value: Any) -> Any:
+    """A parameter in the closed interval [0, 1] (α, skew λ): a number or a
+    scalar array, which may be traced (a traced value outside [0, 1] gives
+    NaN in the kernel); changing it never recompiles."""
+    return checks.check_scalar(name, value, low=0.0, high=1.0)
+
+
+def check_direction(direction: Any) -> bool:
+    """Validates ``direction``; returns whether to swap P and Q."""
+    checks.check_option("direction", direction, DIRECTIONS)
+    return bool(direction == "reverse")
+
+
+def check_top_k(top_k: Any) -> int | None:
+    """None, or a static positive Python int (ULD's truncation)."""
+    if top_k is None:
+        return None
+    checks.check_static("top_k", top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(
+            f"Expected `top_k` to be None or a positive Python int, got {top_k!r}."
+        )
+    return top_k

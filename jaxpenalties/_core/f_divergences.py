@@ -197,7 +197,7 @@ def _log_mix_ratio(a: Array, b: Array, lam: Array) -> Array:
     return jnp.where(x > -0.5, near, far)
 
 
-def _phi(mu: Array, p: Array, m: Array) -> Array:
+def _phi(mu: Array, p: Array, mix: Array) -> Array:
     """p (e^μ − 1 − μ) = M − p − p μ, by its series for |μ| ≤ ¼."""
     r = jnp.minimum(1, 0.25 / jnp.abs(mu))
     inside = jnp.floor(r)
@@ -207,14 +207,15 @@ def _phi(mu: Array, p: Array, m: Array) -> Array:
     for k in range(order - 1, 1, -1):
         acc = acc * x + 1 / math.factorial(k)
     series = p * x * x * acc
-    return inside * series + (1 - inside) * (jnp.exp(m) - p - p * mu)
+    return inside * series + (1 - inside) * (mix - p - p * mu)
 
 
 def skew_terms(a: Array, b: Array, lam: Array) -> Array:
     """p φ(μ) per element (≥ 0); +inf where q = 0 < p at λ = 0 (KL(P‖Q))."""
     fa, fb = numerics.finite(a), numerics.finite(b)
     mu = _log_mix_ratio(fa, fb, lam)
-    terms = _phi(mu, jnp.exp(fa), fa + mu)
+    p, q = jnp.exp(fa), jnp.exp(fb)
+    terms = _phi(mu, p, lam * p + (1 - lam) * q)
     infinite = (b == -jnp.inf) & (a > -jnp.inf) & (lam == 0)
     return jnp.where(infinite, jnp.asarray(jnp.inf, terms.dtype), terms)
 

@@ -46,22 +46,29 @@ _FUNCTIONS = {
     "symmetric": "kl_divergence",
     "js": "js_divergence",
     "entropy": "entropy",
+    "tv": "total_variation",
+    "alpha": "alpha_divergence",
+    "skew": "skew_kl_divergence",
 }
+_NAMES_SWAPPABLE = (
+    "p_logprobs` (`q_logprobs` with direction='reverse')",
+    "q_logprobs` (`p_logprobs` with direction='reverse')",
+)
 _NAMES = {
-    "forward": (
-        "p_logprobs` (`q_logprobs` with direction='reverse')",
-        "q_logprobs` (`p_logprobs` with direction='reverse')",
-    ),
+    "forward": _NAMES_SWAPPABLE,
     "symmetric": ("p_logprobs`", "q_logprobs`"),
     "js": ("p_logprobs`", "q_logprobs`"),
     "entropy": ("logprobs`",),
+    "tv": ("p_logprobs`", "q_logprobs`"),
+    "alpha": _NAMES_SWAPPABLE,
+    "skew": _NAMES_SWAPPABLE,
 }
 
 
 def run(
     kind: str,
     xs: tuple[Array, ...],
-    beta: float | None,
+    beta: Any,
     temperature: Any,
     where: ArrayLike | None,
     reduction: str,
