@@ -6,6 +6,13 @@ The same functions as ``jp.fused_linear_kl_divergence`` and the others listed
 in ``__all__``.
 """
 
+from jaxpenalties.large_vocab._by_name import (
+    fused_linear_divergence as fused_linear_divergence,
+)
+from jaxpenalties.large_vocab._by_name import (
+    fused_linear_sparse_divergence as fused_linear_sparse_divergence,
+)
+from jaxpenalties.large_vocab._by_name import sparse_divergence as sparse_divergence
 from jaxpenalties.large_vocab._fused import (
     fused_linear_js_divergence as fused_linear_js_divergence,
 )
@@ -29,11 +36,14 @@ from jaxpenalties.large_vocab._token_logprobs import (
 )
 
 __all__ = [
+    "fused_linear_divergence",
     "fused_linear_js_divergence",
     "fused_linear_kl_divergence",
+    "fused_linear_sparse_divergence",
     "fused_linear_sparse_js_divergence",
     "fused_linear_sparse_kl_divergence",
     "fused_linear_token_logprobs",
+    "sparse_divergence",
     "sparse_js_divergence",
     "sparse_kl_divergence",
 ]

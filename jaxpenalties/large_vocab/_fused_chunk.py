@@ -9,55 +9,51 @@ its consumer.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpenalties._core import chunking, kernel
+from jaxpenalties._core import chunking, kernel, uld
 from jaxpenalties._core.types import Array
 from jaxpenalties.large_vocab import _indexing
 
 
-def chunk_values(
-    kind: str, swap: bool, has_t: bool, z: Array, rz: Array, t: Array, beta: Array
-) -> Array:
+class Spec(Protocol):
+    """The static facts a chunk needs (``_fused_kernel.Config`` has them)."""
+
+    kind: str  # the kernel's kind, or "uld"
+    swap: bool  # the heads exchanged (reverse directions)
+    has_t: bool  # a temperature applies
+    top_k: int | None  # ULD's truncation
+
+
+def chunk_values(spec: Spec, z: Array, rz: Array, t: Array, beta: Array) -> Array:
     """Per-position divergence [C] from the logits [C, V] of both heads (the
     kernel normalises them, tempered by ``t`` when ``has_t``); ``swap``
-    exchanges the heads (reverse KL)."""
-    a, b = (rz, z) if swap else (z, rz)
-    return kernel.divergence(
-        kind,
-        True,
-        a,
-        b,
-        None,
-        t if has_t else None,
-        beta if kind in kernel.PARAMETRISED else None,
-    )
+    exchanges the heads (reverse KL). ULD's heads may have vocabularies of
+    different sizes: each chunk is sorted (:mod:`jaxpenalties._core.uld`)."""
+    a, b = (rz, z) if spec.swap else (z, rz)
+    t_ = t if spec.has_t else None
+    if spec.kind == "uld":
+        return uld.distance(a, b, None, t_, True, spec.top_k)
+    beta_ = beta if spec.kind in kernel.PARAMETRISED else None
+    return kernel.divergence(spec.kind, True, a, b, None, t_, beta_)
 
 
 def chunk_grads(
-    kind: str,
-    swap: bool,
-    has_t: bool,
-    need_t: bool,
-    z: Array,
-    rz: Array,
-    t: Array,
-    beta: Array,
-    g: Array,
+    spec: Spec, need_t: bool, z: Array, rz: Array, t: Array, beta: Array, g: Array
 ) -> tuple[Array, Array, Array, Array | None]:
     """Values [C] and the cotangents of Σ g · values w.r.t. the raw logits z, rz
     [C, V] (and t), from the kernel's analytic VJP."""
-    if has_t and need_t:
+    if spec.has_t and need_t:
         values, vjp = jax.vjp(
-            lambda z, rz, t: chunk_values(kind, swap, True, z, rz, t, beta), z, rz, t
+            lambda z, rz, t: chunk_values(spec, z, rz, t, beta), z, rz, t
         )
         dz, drz, dt = vjp(chunking.like(g, values))
         return values, dz, drz, dt
-    values, vjp = jax.vjp(
-        lambda z, rz: chunk_values(kind, swap, has_t, z, rz, t, beta), z, rz
-    )
+    values, vjp = jax.vjp(lambda z, rz: chunk_values(spec, z, rz, t, beta), z, rz)
     dz, drz = vjp(chunking.like(g, values))
     return values, dz, drz, None
 

@@ -61,12 +61,13 @@ class Config(NamedTuple):
     """The static facts of one fused call, read by name (hashable: the
     ``nondiff_argnums`` key of the derivative rules)."""
 
-    kind: str  # the kernel's kind: "forward", "symmetric" or "js"
+    kind: str  # the kernel's kind ("forward", "js", "tv", ...) or "uld"
     swap: bool  # the heads exchanged (reverse KL)
     has_t: bool  # a temperature applies
     dtypes: PerInput  # the primal dtypes, which the gradients take
     smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
     accumulation: str = "float32"  # the weight gradients' sum: "float32" / "param"
+    top_k: int | None = None  # ULD's truncation
 
 
 def _matmul_dtype(*arrays: Array) -> jnp.dtype:
@@ -87,13 +88,12 @@ def _value_scan(
 ) -> Any:
     """Per-position values [n_chunks, C] (and the cross-entropies at the hard
     labels, when ``hard`` is given); ``x`` is [C, n_chunks, H]."""
-    kind, has_t = config.kind, config.has_t
     dtype = t.dtype
 
     def step(carry: None, k: Array) -> tuple[None, Any]:
         z = chunking.dot(chunking.chunk(x, k), w, 1, 0, dtype)
         rz = chunking.dot(chunking.chunk(rx, k), rw, 1, 0, dtype)
-        values = _fused_chunk.chunk_values(kind, config.swap, has_t, z, rz, t, beta)
+        values = _fused_chunk.chunk_values(config, z, rz, t, beta)
         if hard is None:
             return carry, values
         ce, _ = _fused_chunk.cross_entropy(
@@ -123,7 +123,6 @@ def _grad_scan(
     bools), in the compute dtype (None where not needed). With ``hard = (labels,
     ce_weights)`` the objective also has Σ ce_weights · CE(labels),
     from the same student logits, and the values are (divergences, CEs)."""
-    kind, has_t = config.kind, config.has_t
     dtype = t.dtype
     n_chunks = x.shape[1]
     groups = chunking.row_groups(x)
@@ -158,7 +157,7 @@ def _grad_scan(
         z = chunking.dot(xc, w, 1, 0, dtype)
         rz = chunking.dot(rxc, rw, 1, 0, dtype)
         div, dz, drz, dt = _fused_chunk.chunk_grads(
-            kind, config.swap, has_t, need.t, z, rz, t, beta, gc.astype(dtype)
+            config, need.t, z, rz, t, beta, gc.astype(dtype)
         )
         values: Any = div
         if hard is not None:

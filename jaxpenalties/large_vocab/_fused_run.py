@@ -25,25 +25,34 @@ from jaxpenalties.large_vocab import _fused_kernel as fk
 from jaxpenalties.large_vocab import _head_checks as head_checks
 from jaxpenalties.large_vocab import _indexing
 
+# ULD sorts each chunk's log-probs (a float32 copy and the sorting
+# permutation per head): its default chunks have this many times fewer rows.
+_ULD_ROWS_FACTOR = 2
+
 
 def run(
     heads: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
     kind: str,
     swap: bool,
-    beta: float | None,
+    beta: Any,
     temperature: float | ArrayLike,
     reduction: str,
     where: ArrayLike | None,
     chunk_size: int | None,
     hard: tuple[Any, Any, Any, Any, Any],
     grad_accumulation: str,
+    top_k: int | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
-    """Validates what both public functions share, in their order, and runs
+    """Validates what the public functions share, in their order, and runs
     the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
-    hard_weight, label_smoothing)."""
+    hard_weight, label_smoothing); ``beta`` is the kind's parameter (JS's β,
+    α, skew λ); ``top_k`` ULD's truncation (ULD's heads may have vocabularies
+    of different sizes)."""
     checks.check_option("reduction", reduction, checks.REDUCTIONS)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
-    x, w, ref_x, ref_w = head_checks.check_heads(*heads, chunk_size)
+    x, w, ref_x, ref_w = head_checks.check_heads(
+        *heads, chunk_size, same_vocab=kind != "uld"
+    )
     hard_options = head_checks.check_hard(hard, x, w, reduction, where)
     temperature = divergence_checks.check_temperature(temperature)
     return _fused_impl(
@@ -59,6 +68,7 @@ def run(
         reduction=reduction,
         chunk_size=chunk_size,
         grad_accumulation=grad_accumulation,
+        top_k=top_k,
         **hard_options,
     )
 
@@ -73,6 +83,7 @@ def run(
         "grad_accumulation",
         "ignore_index",
         "label_smoothing",
+        "top_k",
     ),
 )
 def _fused_impl(
@@ -94,8 +105,11 @@ def _fused_impl(
     grad_accumulation: str = "float32",
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    top_k: int | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     dtype = numerics.compute_dtype(x, w, ref_x, ref_w)
+    if chunk_size is None and kind == "uld":  # sorting: more memory per row
+        chunk_size = max(1, chunking.default_chunk_size(w) // _ULD_ROWS_FACTOR)
     lay = chunking.layout(x, w, chunk_size)
     mask = checks.broadcast_where(where, lay.positions)
     xs = lay.chunked(numerics.sanitize(x, mask))
@@ -112,6 +126,7 @@ def _fused_impl(
         dtypes=fk.PerInput(x.dtype, w.dtype, ref_x.dtype, ref_w.dtype, t.dtype),
         smoothing=label_smoothing,
         accumulation=grad_accumulation,
+        top_k=top_k,
     )
 
     heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)

@@ -85,10 +85,11 @@ def check_ids(
 
 
 def check_heads(
-    x: Any, w: Any, ref_x: Any, ref_w: Any, chunk_size: Any
+    x: Any, w: Any, ref_x: Any, ref_w: Any, chunk_size: Any, same_vocab: bool = True
 ) -> tuple[Array, Array, Array, Array]:
     """Validates the hidden states [..., H] and kernels [H, V] of both heads
-    of a fused divergence and the chunk size; returns the four arrays."""
+    of a fused divergence and the chunk size; returns the four arrays. With
+    ``same_vocab=False`` (ULD) the vocabularies may differ in size."""
     x = checks.check_floating("x", x)
     w = checks.check_floating("w", w)
     ref_x = checks.check_floating("ref_x", ref_x)
@@ -106,12 +107,13 @@ def check_heads(
                 f"`{kname}` (the hidden size H), got shapes {h.shape} and "
                 f"{kernel.shape}."
             )
-    if w.shape[1] != ref_w.shape[1]:
+    if same_vocab and w.shape[1] != ref_w.shape[1]:
         raise ValueError(
             "Expected `w` and `ref_w` to have the same vocabulary size (last "
             f"axis), got shapes {w.shape} and {ref_w.shape}."
         )
     _check_vocabulary("w", w)
+    _check_vocabulary("ref_w", ref_w)
     if x.shape[:-1] != ref_x.shape[:-1]:
         raise ValueError(
             "Expected `x` and `ref_x` to have the same position shape (all axes "
