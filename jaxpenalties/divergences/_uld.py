@@ -40,10 +40,12 @@ def uld_distance(
     ``q_logprobs`` [..., V_q] share their position shape; V_p and V_q may
     differ.
 
-    ``top_k=k`` is the truncation used in practice (TRL's GOLD): each side
-    keeps its k largest entries, plus one bucket for the rest of its mass
-    (log(1 − Σ_k p), in log space), so the value is Σ_{i≤k} |p↓ᵢ − q↓ᵢ| plus
-    the exact remainder |tail_p − tail_q|. A stored top-k teacher
+    ``top_k=k`` truncates, as distillation code often does to bound the
+    cost of the sort: each side keeps its k largest entries, plus one bucket
+    for the rest of its mass (log(1 − Σ_k p), in log space), so the value is
+    Σ_{i≤k} |p↓ᵢ − q↓ᵢ| plus the exact remainder |tail_p − tail_q| (a lower
+    bound of the full distance; TRL's GOLD sorts the whole vocabularies,
+    which is ``top_k=None``). A stored top-k teacher
     ([..., k] log-probs of the full teacher, exps summing to at most 1) is a
     ``q_logprobs`` of width k with ``top_k=k``: its bucket holds the mass its
     entries miss.
