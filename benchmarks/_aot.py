@@ -186,17 +186,41 @@ def device(target: str) -> jax.Device:
 
 
 def compile_on(
-    device: jax.Device, fn: Callable[..., Any], *specs: jax.ShapeDtypeStruct
+    device: jax.Device,
+    fn: Callable[..., Any],
+    *specs: jax.ShapeDtypeStruct,
+    options: dict[str, Any] | None = None,
 ) -> jax.stages.Compiled:
     """``jax.jit(fn)`` compiled for ``device`` at the shapes and dtypes of ``specs``.
 
     The matmul precision is JAX's default (what a training step gets), whatever
     the caller's configuration says (the test suite asks for ``"highest"``).
+    ``options``: XLA compiler options for this compile.
     """
     sharding = jax.sharding.SingleDeviceSharding(device)
     placed = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for s in specs]
     with jax.default_matmul_precision(None):
-        return jax.jit(fn).trace(*placed).lower().compile()
+        return jax.jit(fn).trace(*placed).lower().compile(compiler_options=options)
+
+
+def compile_case(target: str, case: Case) -> jax.stages.Compiled:
+    """``case`` compiled for ``target`` with its compiler options there."""
+    options = dict(case.gpu_options) if target in GPU_SPECS else None
+    return compile_on(device(target), case.fn, *case.args, options=options or None)
+
+
+_BASELINES: dict[tuple[str, str], Memory] = {}
+
+
+def baseline_memory(target: str, case: Case) -> Memory | None:
+    """The memory of ``case``'s baseline step on ``target`` (compiled once per
+    process), or None for a case measured against a fixed anchor."""
+    if case.baseline is None:
+        return None
+    key = (target, case.baseline.name)
+    if key not in _BASELINES:
+        _BASELINES[key] = memory(compile_case(target, case.baseline))
+    return _BASELINES[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,16 +386,26 @@ class Case:
     anchor: str  # what the step is measured against
     anchor_mib: float | None = None
     limit: float | None = None
+    # Measured against another step compiled on the same target (its temp +
+    # out), instead of a fixed anchor.
+    baseline: Case | None = None
+    # XLA options of the GPU compile, as (name, value) pairs.
+    gpu_options: tuple[tuple[str, Any], ...] = ()
 
-    def ratio(self, m: Memory) -> float | None:
-        """temp in U (dense), or temp + out over the anchor (fused)."""
+    def ratio(self, m: Memory, base: Memory | None = None) -> float | None:
+        """temp in U (dense), or temp + out over the anchor (fused), or over
+        the baseline's temp + out (``base``)."""
         if self.dense:
             return m.temp / (self.n * V * 2)
+        if base is not None:
+            return m.temp_out / base.temp_out
         return None if self.anchor_mib is None else m.temp_out / (self.anchor_mib * MIB)
 
-    def passes(self, m: Memory, hlo_text: str) -> bool | None:
+    def passes(
+        self, m: Memory, hlo_text: str, base: Memory | None = None
+    ) -> bool | None:
         """Whether the budget holds; None when the step is only reported."""
-        ratio = self.ratio(m)
+        ratio = self.ratio(m, base)
         if self.limit is None or ratio is None:
             return None
         if self.dense and stored_f32_nv(hlo_text, self.n, V):
@@ -543,6 +577,60 @@ def _fused_cases(target: str) -> list[Case]:
     return cases
 
 
+# The divergences beyond KL and JS (the fused heads by name): each step within
+# NAMED_LIMIT × the fused KL step's temp + out on the same target, compiled
+# for an H100 and one TPU v5e chip, at both N. ULD's GPU compile takes XLA's
+# own sort: CUB's radix sort (XLA's default for large sorts on a real GPU)
+# needs the CUDA libraries at compile time, which a deviceless compile lacks.
+NAMED_DIVERGENCES = ("total_variation", "alpha", "skew_kl", "uld")
+NAMED_TARGETS = ("h100", "v5e")
+NAMED_NS = (8192, 32768)
+NAMED_LIMIT = 1.05
+_NO_CUB_SORT = (("xla_gpu_enable_cub_radix_sort", False),)
+
+
+def _fused_named(
+    x: jax.Array, w: jax.Array, rx: jax.Array, rw: jax.Array, *, divergence: str
+) -> jax.Array:
+    sg = jax.lax.stop_gradient
+    return cast(
+        jax.Array,
+        jp.fused_linear_divergence(x, w, sg(rx), sg(rw), divergence=divergence),
+    )
+
+
+def _named_cases(target: str) -> list[Case]:
+    """Each divergence by name against the fused KL step (default options)."""
+    if target not in NAMED_TARGETS:
+        return []
+    cases = []
+    for n in NAMED_NS:
+        kl = Case(
+            f"fused-kl-N{n}-default",
+            jax.value_and_grad(_fused_kl, argnums=(0, 1)),
+            _fused_args("kl", n),
+            n=n,
+            dense=False,
+            anchor="-",
+        )
+        for divergence in NAMED_DIVERGENCES:
+            f = functools.partial(_fused_named, divergence=divergence)
+            cases.append(
+                Case(
+                    f"fused-{divergence}-N{n}",
+                    jax.value_and_grad(f, argnums=(0, 1)),
+                    _fused_args("kl", n),
+                    n=n,
+                    dense=False,
+                    anchor=f"fused KL N{n}",
+                    limit=NAMED_LIMIT,
+                    baseline=kl,
+                    gpu_options=_NO_CUB_SORT if divergence == "uld" else (),
+                )
+            )
+    return cases
+
+
 def cases(target: str) -> list[Case]:
     """Every case compiled for ``target``, dense steps first."""
-    return _dense_cases() + _fused_cases(target)
+    return _dense_cases() + _fused_cases(target) + _named_cases(target)

@@ -75,7 +75,8 @@ def measure(target: str, case: _aot.Case, hlo_dir: pathlib.Path | None) -> str:
     """One table row: compile ``case`` for ``target`` and compare with its budget."""
     start = time.perf_counter()
     try:
-        compiled = _aot.compile_on(_aot.device(target), case.fn, *case.args)
+        compiled = _aot.compile_case(target, case)
+        base = _aot.baseline_memory(target, case)
     except Exception as e:  # noqa: BLE001 - a failed case is a row, not a crash
         message = " ".join(str(e).split())
         return f"{case.name:<42}  ERROR {type(e).__name__}: {message[:160]}"
@@ -84,8 +85,8 @@ def measure(target: str, case: _aot.Case, hlo_dir: pathlib.Path | None) -> str:
     hlo = _aot.hlo_text(compiled)
     if hlo_dir is not None:
         (hlo_dir / f"{target}-{case.name}.hlo.txt").write_text(hlo)
-    ratio = case.ratio(m)
-    verdict = case.passes(m, hlo)
+    ratio = case.ratio(m, base)
+    verdict = case.passes(m, hlo, base)
     dense = case.dense
     return _row(
         case.name,
@@ -94,7 +95,9 @@ def measure(target: str, case: _aot.Case, hlo_dir: pathlib.Path | None) -> str:
         _mib(m.temp_out),
         f"{ratio:.3f}" if dense and ratio is not None else "",
         case.anchor,
-        "" if case.anchor_mib is None else f"{case.anchor_mib:,.0f}",
+        _mib(base.temp_out)
+        if base is not None
+        else ("" if case.anchor_mib is None else f"{case.anchor_mib:,.0f}"),
         f"{ratio:.2f}" if not dense and ratio is not None else "",
         "-" if case.limit is None else f"{case.limit:g}",
         {True: "pass", False: "FAIL", None: "-"}[verdict],

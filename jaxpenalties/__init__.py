@@ -13,10 +13,16 @@ from jaxpenalties.divergences import skew_kl_divergence as skew_kl_divergence
 from jaxpenalties.divergences import total_variation as total_variation
 from jaxpenalties.divergences import uld_distance as uld_distance
 from jaxpenalties.large_vocab import (
+    fused_linear_divergence as fused_linear_divergence,
+)
+from jaxpenalties.large_vocab import (
     fused_linear_js_divergence as fused_linear_js_divergence,
 )
 from jaxpenalties.large_vocab import (
     fused_linear_kl_divergence as fused_linear_kl_divergence,
+)
+from jaxpenalties.large_vocab import (
+    fused_linear_sparse_divergence as fused_linear_sparse_divergence,
 )
 from jaxpenalties.large_vocab import (
     fused_linear_sparse_js_divergence as fused_linear_sparse_js_divergence,
@@ -27,6 +33,7 @@ from jaxpenalties.large_vocab import (
 from jaxpenalties.large_vocab import (
     fused_linear_token_logprobs as fused_linear_token_logprobs,
 )
+from jaxpenalties.large_vocab import sparse_divergence as sparse_divergence
 from jaxpenalties.large_vocab import sparse_js_divergence as sparse_js_divergence
 from jaxpenalties.large_vocab import sparse_kl_divergence as sparse_kl_divergence
 from jaxpenalties.penalties import consistency as consistency
@@ -37,6 +44,7 @@ from jaxpenalties.penalties import (
 )
 from jaxpenalties.penalties import l1 as l1
 from jaxpenalties.penalties import l2 as l2
+from jaxpenalties.penalties import mmd as mmd
 from jaxpenalties.penalties import orthogonality as orthogonality
 from jaxpenalties.penalties import (
     output_magnitude_penalty as output_magnitude_penalty,
@@ -76,8 +84,10 @@ __all__ = [
     "elastic_net",
     "entropy",
     "fixed_kl_controller",
+    "fused_linear_divergence",
     "fused_linear_js_divergence",
     "fused_linear_kl_divergence",
+    "fused_linear_sparse_divergence",
     "fused_linear_sparse_js_divergence",
     "fused_linear_sparse_kl_divergence",
     "fused_linear_token_logprobs",
@@ -89,10 +99,12 @@ __all__ = [
     "kl_penalized_rewards",
     "l1",
     "l2",
+    "mmd",
     "orthogonality",
     "output_magnitude_penalty",
     "regularize",
     "skew_kl_divergence",
+    "sparse_divergence",
     "sparse_js_divergence",
     "sparse_kl_divergence",
     "total_variation",

@@ -40,19 +40,25 @@ def test_memory_budget(target, case):
         if REQUIRE_TARGETS:
             pytest.fail(f"JAXPENALTIES_REQUIRE_ACCELERATOR_TARGETS=1, but {reason}")
         pytest.skip(reason)
-    compiled = _aot.compile_on(_aot.device(target), case.fn, *case.args)
+    compiled = _aot.compile_case(target, case)
     m = _aot.memory(compiled)
+    base = _aot.baseline_memory(target, case)
     hlo = _aot.hlo_text(compiled)
     figures = (
         f"{case.name} on {target}: temp {m.temp / _aot.MIB:,.1f} MiB, "
         f"out {m.out / _aot.MIB:,.1f} MiB"
     )
-    ratio = case.ratio(m)
+    ratio = case.ratio(m, base)
     if case.dense:
         assert not _aot.stored_f32_nv(hlo, case.n, _aot.V), (
             f"{figures}: a float32 [{case.n}, {_aot.V}] array is stored"
         )
         assert ratio <= case.limit, f"{figures}: temp {ratio:.3f} U > {case.limit} U"
+    elif base is not None:
+        assert ratio <= case.limit, (
+            f"{figures}: temp + out is {ratio:.3f} × {case.anchor}'s "
+            f"({base.temp_out / _aot.MIB:,.0f} MiB), over {case.limit} ×"
+        )
     elif case.limit is not None:
         assert ratio <= case.limit, (
             f"{figures}: temp + out is {ratio:.2f} × {case.anchor} "

@@ -51,6 +51,7 @@ here: 3× slower), so no kernel selects per element on its fast path:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -67,7 +68,7 @@ PARAMETRISED = ("js", "alpha", "skew")
 
 # The f-divergence kinds of :mod:`.f_divergences`: (terms, derivatives), each
 # a function of (a, b, param); TV takes no parameter.
-_F_KINDS = {
+_F_KINDS: dict[str, tuple[Callable[..., Array], Callable[..., tuple[Array, Array]]]] = {
     "js": (f_divergences.js_terms, f_divergences.js_grads),
     "tv": (
         lambda a, b, _: f_divergences.tv_terms(a, b),

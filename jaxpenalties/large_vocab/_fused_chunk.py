@@ -23,10 +23,14 @@ from jaxpenalties.large_vocab import _indexing
 class Spec(Protocol):
     """The static facts a chunk needs (``_fused_kernel.Config`` has them)."""
 
-    kind: str  # the kernel's kind, or "uld"
-    swap: bool  # the heads exchanged (reverse directions)
-    has_t: bool  # a temperature applies
-    top_k: int | None  # ULD's truncation
+    @property
+    def kind(self) -> str: ...  # the kernel's kind, or "uld"
+    @property
+    def swap(self) -> bool: ...  # the heads exchanged (reverse directions)
+    @property
+    def has_t(self) -> bool: ...  # a temperature applies
+    @property
+    def top_k(self) -> int | None: ...  # ULD's truncation
 
 
 def chunk_values(spec: Spec, z: Array, rz: Array, t: Array, beta: Array) -> Array:
