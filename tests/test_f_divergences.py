@@ -444,3 +444,10 @@ def test_bad_input():
         jp.uld_distance(jnp.zeros((2, 4), jnp.int32), a)
     with pytest.warns(NotLogProbabilitiesWarning, match="total_variation"):
         jp.total_variation(a, a)  # zeros are logits, not log-probs
+    with pytest.warns(NotLogProbabilitiesWarning, match="uld_distance") as record:
+        jp.uld_distance(a, jnp.zeros((2, 7)))
+    assert record[0].filename == __file__  # points at the caller
+    # A stored top-k teacher holds less than mass 1 by design: no warning.
+    jp.uld_distance(
+        jnp.log(jnp.full((2, 4), 0.25)), jnp.log(jnp.full((2, 2), 0.3)), top_k=2
+    )

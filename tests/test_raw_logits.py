@@ -36,6 +36,10 @@ DENSE = {
         ("p_logprobs", "q_logprobs"),
     ),
     "js_divergence": (jp.js_divergence, ("p_logprobs", "q_logprobs")),
+    "total_variation": (jp.total_variation, ("p_logprobs", "q_logprobs")),
+    "alpha_divergence": (jp.alpha_divergence, ("p_logprobs", "q_logprobs")),
+    "skew_kl_divergence": (jp.skew_kl_divergence, ("p_logprobs", "q_logprobs")),
+    "uld_distance": (jp.uld_distance, ("p_logprobs", "q_logprobs")),
     "entropy": (lambda a, b, **kw: jp.entropy(a, **kw), ("logprobs",)),
 }
 
@@ -79,7 +83,9 @@ def test_each_dense_function_names_the_argument_holding_logits(name):
         assert len(messages) == 1, messages
         assert messages[0].startswith(f"{function}: `{arg}`"), messages[0]
         assert "6 of 6 kept rows" in messages[0] and "from_logits" in messages[0]
-        np.testing.assert_array_equal(got, jax.jit(per_position)(*inputs))
+        # The value is not changed (to the rounding of another compiled
+        # program: skew KL's terms of ~1e5 differ in their last bit under jit).
+        np.testing.assert_allclose(got, jax.jit(per_position)(*inputs), rtol=1e-6)
 
 
 def test_reverse_kl_names_the_argument_by_its_direction():

@@ -93,7 +93,7 @@ def run(
     checks.check_bool("from_logits", options["from_logits"])
     checks.check_bool("extremes", options["extremes"])
     if not options["from_logits"] and _at_unit_temperature(temperature):
-        _warn_if_not_logprobs(_FUNCTIONS[kind], _NAMES[kind], xs, where, axis)
+        warn_if_not_logprobs(_FUNCTIONS[kind], _NAMES[kind], xs, where, axis)
     return _impl(
         xs,
         temperature,
@@ -158,15 +158,17 @@ def _at_unit_temperature(temperature: Any) -> bool:
     return bool(np.all(np.asarray(temperature) == 1))
 
 
-def _warn_if_not_logprobs(
+def warn_if_not_logprobs(
     function: str,
     labels: tuple[str, ...],
     xs: tuple[Array, ...],
     where: ArrayLike | None,
     axis: int,
+    stacklevel: int = 4,
 ) -> None:
     """Warns, naming the argument, for each concrete input with a kept row
-    whose logsumexp is finite and farther than the tolerance from 0."""
+    whose logsumexp is finite and farther than the tolerance from 0
+    (``stacklevel``: 4 from :func:`run`, which a public function calls)."""
     if any(isinstance(v, jax.core.Tracer) for v in (*xs, where)):
         return  # under jit, grad or vmap: nothing is known yet
     if not all(x.is_fully_addressable for x in xs):
@@ -181,7 +183,7 @@ def _warn_if_not_logprobs(
                 "Pass from_logits=True (or normalise with jax.nn.log_softmax): "
                 "the value computed from unnormalised rows is wrong.",
                 NotLogProbabilitiesWarning,
-                stacklevel=4,  # run, the public function, its caller
+                stacklevel=stacklevel,
             )
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxpenalties._core import checks, divergence_checks, numerics, uld
 from jaxpenalties._core.types import Array, ArrayLike, Reduction
 from jaxpenalties._core.types import WithExtremes as _WithExtremes
+from jaxpenalties.divergences import _run
 
 
 def uld_distance(
@@ -99,6 +100,13 @@ def uld_distance(
             f"entry along the distribution axis, got shapes {p.shape} and {q.shape}."
         )
     t = divergence_checks.check_temperature(temperature)
+    if not from_logits and t is None and top_k is None:
+        # A width-k stored teacher holds less than mass 1 by design: checked
+        # only when neither side is meant to be truncated.
+        names = ("p_logprobs`", "q_logprobs`")
+        _run.warn_if_not_logprobs(
+            "uld_distance", names, (p, q), where, axis, stacklevel=3
+        )
     return _impl(
         p,
         q,
