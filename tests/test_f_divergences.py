@@ -451,3 +451,22 @@ def test_bad_input():
     jp.uld_distance(
         jnp.log(jnp.full((2, 4), 0.25)), jnp.log(jnp.full((2, 2), 0.3)), top_k=2
     )
+
+
+def test_second_derivatives():
+    """The kernel's derivative rule is itself differentiable: Hessians against
+    finite differences of the gradient (float64), finite with −inf entries."""
+    x, y, _, _ = _pair(11, shape=(2, 6))
+    with jax.enable_x64(True):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        b = jax.nn.log_softmax(y).at[:, :2].set(-jnp.inf)
+        a = jax.nn.log_softmax(x).at[:, 0].set(-jnp.inf)
+        for fn in (
+            functools.partial(jp.alpha_divergence, alpha=0.3),
+            functools.partial(jp.skew_kl_divergence, skew=0.2),
+        ):
+            f = functools.partial(fn, from_logits=True)
+            jax.test_util.check_grads(
+                f, (x, y), order=2, modes=["rev"], atol=1e-5, rtol=1e-5
+            )
+            assert np.isfinite(jax.hessian(lambda a, fn=fn: fn(a, b))(a)).all()
