@@ -33,14 +33,14 @@ def total_variation(
     from_logits: bool = False,
     extremes: bool = False,
 ) -> Array | _WithExtremes:
-    r"""Total variation distance ½ Σ |p − q|, in [0, 1].
+    r"""Total variation distance ``½ Σ |p − q|``, in [0, 1].
 
     .. math::
 
         \mathrm{TV}(P, Q) = \tfrac12 \sum_v |p_v - q_v|
 
     1 − TV is the acceptance rate of speculative decoding with draft Q and
-    target P (Leviathan et al., 2023). Each |p − q| is formed as
+    target P (Leviathan et al., 2023). Each ``|p − q|`` is formed as
     ``e^{max(a, b)} · (1 − e^{−|a − b|})`` from the log-probs a, b: exact
     where p ≈ q. The gradient w.r.t. log p is ½ sign(p − q) p, and 0 at a
     tie p = q (the subgradient of least norm).

@@ -26,7 +26,7 @@ def uld_distance(
     from_logits: bool = False,
     extremes: bool = False,
 ) -> Array | _WithExtremes:
-    r"""ULD: Σᵢ |p↓ᵢ − q↓ᵢ| over the sorted probabilities, vocabularies of any sizes.
+    r"""ULD: ``Σᵢ |p↓ᵢ − q↓ᵢ|`` over the sorted probabilities, any vocabulary sizes.
 
     .. math::
 
@@ -44,7 +44,7 @@ def uld_distance(
     ``top_k=k`` truncates, as distillation code often does to bound the
     cost of the sort: each side keeps its k largest entries, plus one bucket
     for the rest of its mass (log(1 − Σ_k p), in log space), so the value is
-    Σ_{i≤k} |p↓ᵢ − q↓ᵢ| plus the exact remainder |tail_p − tail_q| (a lower
+    ``Σ_{i≤k} |p↓ᵢ − q↓ᵢ|`` plus the exact remainder ``|tail_p − tail_q|`` (a lower
     bound of the full distance; TRL's GOLD sorts the whole vocabularies,
     which is ``top_k=None``). A stored top-k teacher
     ([..., k] log-probs of the full teacher, exps summing to at most 1) is a

@@ -126,9 +126,11 @@ def fused_linear_divergence(
       beta: JS's β in (0, 1), a Python float, for ``"js"``.
       top_k: ULD's truncation (its k largest entries per side and a tail
         bucket), or None for the full sorted vectors. Static.
-      temperature, reduction, where, chunk_size, labels, ignore_index,
-        soft_weight, hard_weight, label_smoothing, grad_accumulation: as in
+      temperature, reduction, where, chunk_size: as in
         :func:`fused_linear_kl_divergence`.
+      labels, ignore_index, soft_weight, hard_weight: hard labels in the same
+        pass, as in :func:`fused_linear_kl_divergence`.
+      label_smoothing, grad_accumulation: likewise.
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``; with
