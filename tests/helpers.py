@@ -110,6 +110,18 @@ def assert_grads_match_finite_differences(f, args, tol, eps=None):
     check_grads(f, args, order=1, modes=["rev"], atol=tol, rtol=tol, eps=eps)
 
 
+def close(actual, desired, rtol=1e-12, atol=0.0):
+    """assert_allclose, with ``atol`` also per element (an array)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    if np.ndim(atol) == 0:
+        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
+        return
+    bad = ~(np.abs(actual - desired) <= atol + rtol * np.abs(desired))
+    assert not bad.any(), (
+        f"{actual[bad]} != {desired[bad]} (rtol {rtol}, atol {np.asarray(atol)[bad]})"
+    )
+
+
 def assert_trees_close(got, want, rtol=1e-7, atol=0.0):
     """Same tree structure and leaf shapes; leaves allclose (NumPy's default
     tolerances unless given)."""

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
+from tests.helpers import close
 
 RTOL = 1e-12
 PROPS = settings(max_examples=12, deadline=None)
@@ -33,18 +34,6 @@ MODES = (
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
 )
-
-
-def close(actual, desired, rtol=RTOL, atol=0.0):
-    """assert_allclose, with ``atol`` also per element (an array)."""
-    actual, desired = np.asarray(actual), np.asarray(desired)
-    if np.ndim(atol) == 0:
-        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
-        return
-    bad = ~(np.abs(actual - desired) <= atol + rtol * np.abs(desired))
-    assert not bad.any(), (
-        f"{actual[bad]} != {desired[bad]} (rtol {rtol}, atol {np.asarray(atol)[bad]})"
-    )
 
 
 def signed_rounding(v, mask):

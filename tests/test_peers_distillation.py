@@ -35,23 +35,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxpenalties as jp
+from tests.helpers import close
 
 RTOL = 1e-12
 EPS = np.finfo(np.float64).eps
 PROPS = settings(max_examples=8, deadline=None)
 SEEDS = st.integers(0, 2**32 - 1)
-
-
-def close(actual, desired, rtol=RTOL, atol=0.0):
-    """assert_allclose, with ``atol`` also per element (an array)."""
-    actual, desired = np.asarray(actual), np.asarray(desired)
-    if np.ndim(atol) == 0:
-        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
-        return
-    bad = ~(np.abs(actual - desired) <= atol + rtol * np.abs(desired))
-    assert not bad.any(), (
-        f"{actual[bad]} != {desired[bad]} (rtol {rtol}, atol {np.asarray(atol)[bad]})"
-    )
 
 
 def log_softmax(x):
