@@ -66,6 +66,12 @@ def fused_linear_kl_divergence(
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    ref_bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    ref_logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
+    ref_softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""KL divergence between two linear heads, without materialising the logits.
 
@@ -171,6 +177,7 @@ def fused_linear_kl_divergence(
         chunk_size,
         hard,
         grad_accumulation,
+        transforms=(bias, logit_scale, softcap, ref_bias, ref_logit_scale, ref_softcap),
     )
 
 
@@ -191,6 +198,12 @@ def fused_linear_js_divergence(
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    ref_bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    ref_logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
+    ref_softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
@@ -260,4 +273,5 @@ def fused_linear_js_divergence(
         chunk_size,
         hard,
         grad_accumulation,
+        transforms=(bias, logit_scale, softcap, ref_bias, ref_logit_scale, ref_softcap),
     )
