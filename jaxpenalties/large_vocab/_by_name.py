@@ -137,6 +137,9 @@ def fused_linear_divergence(
       labels, ignore_index, soft_weight, hard_weight: hard labels in the same
         pass, as in :func:`fused_linear_kl_divergence`.
       label_smoothing, grad_accumulation: likewise.
+      bias, ref_bias, logit_scale, ref_logit_scale, softcap, ref_softcap: each
+        head's logits c · tanh(s · (x @ w + b) / c) before the temperature,
+        as in :func:`fused_linear_kl_divergence` (``ref_bias`` [V_ref]).
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``; with
@@ -256,7 +259,8 @@ def fused_linear_sparse_divergence(
 ) -> Array:
     r"""Any divergence of the kernel between a linear-head student and a top-k
     teacher: :func:`sparse_divergence` on ``log_softmax(x @ w)``, chunked as
-    :func:`fused_linear_sparse_kl_divergence`.
+    :func:`fused_linear_sparse_kl_divergence` (with its ``bias``,
+    ``logit_scale`` and ``softcap`` of the student's head).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxpenalties as jp

@@ -166,6 +166,14 @@ def fused_linear_sparse_kl_divergence(
       grad_accumulation: how ``w``'s gradient is summed over chunks:
         ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias: optional bias [V] of the head (x @ w + bias); gets its gradient.
+      logit_scale: optional logit scale s, finite and nonzero (a number or a
+        scalar array, which may be traced and gets its gradient).
+      softcap: optional soft-cap c > 0 (a number or a scalar array, which may
+        be traced and gets its gradient; a traced c ≤ 0 gives NaN). The
+        logits are c · tanh(s · (x @ w + b) / c), in this order (bias, scale,
+        soft-cap, as in Hugging Face's Cohere and Gemma 2), before the
+        temperature.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.
@@ -242,6 +250,8 @@ def fused_linear_sparse_js_divergence(
       chunk_size: positions whose logits exist at once, or None. Static.
       grad_accumulation: ``"float32"`` (default) or ``"param"``, as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias, logit_scale, softcap: the student head's logits c · tanh(s ·
+        (x @ w + b) / c), as in :func:`fused_linear_sparse_kl_divergence`.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.

@@ -128,6 +128,14 @@ def fused_linear_token_logprobs(
       grad_accumulation: how ``w``'s gradient is summed over chunks:
         ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias: optional bias [V] of the head (x @ w + bias); gets its gradient.
+      logit_scale: optional logit scale s, finite and nonzero (a number or a
+        scalar array, which may be traced and gets its gradient).
+      softcap: optional soft-cap c > 0 (a number or a scalar array, which may
+        be traced and gets its gradient; a traced c ≤ 0 gives NaN). The
+        logits are c · tanh(s · (x @ w + b) / c), in this order (bias, scale,
+        soft-cap, as in Hugging Face's Cohere and Gemma 2), before the
+        temperature.
 
     Returns:
       float32 log-probs of shape ``x.shape[:-1]`` (float64 for float64 inputs),
