@@ -99,6 +99,12 @@ def fused_linear_divergence(
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    ref_bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    ref_logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
+    ref_softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""Any divergence between two linear heads, without materialising logits.
 
@@ -131,6 +137,9 @@ def fused_linear_divergence(
       labels, ignore_index, soft_weight, hard_weight: hard labels in the same
         pass, as in :func:`fused_linear_kl_divergence`.
       label_smoothing, grad_accumulation: likewise.
+      bias, ref_bias, logit_scale, ref_logit_scale, softcap, ref_softcap: each
+        head's logits c · tanh(s · (x @ w + b) / c) before the temperature,
+        as in :func:`fused_linear_kl_divergence` (``ref_bias`` [V_ref]).
 
     Returns:
       A scalar, or per-position values for ``reduction="none"``; with
@@ -170,6 +179,7 @@ def fused_linear_divergence(
         hard,
         grad_accumulation,
         top_k,
+        (bias, logit_scale, softcap, ref_bias, ref_logit_scale, ref_softcap),
     )
 
 
@@ -243,10 +253,14 @@ def fused_linear_sparse_divergence(
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
 ) -> Array:
     r"""Any divergence of the kernel between a linear-head student and a top-k
     teacher: :func:`sparse_divergence` on ``log_softmax(x @ w)``, chunked as
-    :func:`fused_linear_sparse_kl_divergence`.
+    :func:`fused_linear_sparse_kl_divergence` (with its ``bias``,
+    ``logit_scale`` and ``softcap`` of the student's head).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxpenalties as jp
@@ -264,8 +278,9 @@ def fused_linear_sparse_divergence(
     kind, swap, param = _sparse_kind(divergence, direction, alpha, skew, beta)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
     top = (teacher_indices, teacher_logprobs)
+    transform = (bias, logit_scale, softcap)
     args = _fused_sparse._check(
-        x, w, top, tail, temperature, reduction, where, chunk_size
+        x, w, top, tail, temperature, reduction, where, chunk_size, transform
     )
     return _fused_sparse._impl(
         *args,

@@ -66,6 +66,12 @@ def fused_linear_kl_divergence(
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    ref_bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    ref_logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
+    ref_softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""KL divergence between two linear heads, without materialising the logits.
 
@@ -87,8 +93,7 @@ def fused_linear_kl_divergence(
 
     Args:
       x: hidden states [..., H] of the trained model (P).
-      w: its head kernel [H, V] (flax ``Dense`` layout; add a bias as an extra
-        hidden unit of 1s if the head has one).
+      w: its head kernel [H, V] (flax ``Dense`` layout; a bias is ``bias``).
       ref_x: hidden states [..., H_ref] of the reference model (Q), same
         position shape as ``x``.
       ref_w: the reference head kernel [H_ref, V].
@@ -127,6 +132,17 @@ def fused_linear_kl_divergence(
         output. For bf16, its error against float64 grows with the number of
         chunks (see ``docs/large_vocab.md``); float32 heads are unaffected.
         Static.
+      bias, ref_bias: optional biases [V] and [V_ref] of the two heads
+        (x @ w + bias); gradients flow to them as to ``w``.
+      logit_scale, ref_logit_scale: optional logit scales s (Cohere's
+        ``logit_scale``): finite and nonzero numbers or scalar arrays, which
+        may be traced (a new value never recompiles) and get their gradients.
+      softcap, ref_softcap: optional soft-caps c > 0 (Gemma 2's
+        ``final_logit_softcapping``): numbers or scalar arrays, which may be
+        traced and get their gradients (a traced c ≤ 0 gives NaN). Each head's
+        logits are z = c · tanh(s · (x @ w + b) / c), in this order (bias,
+        scale, soft-cap, as in Hugging Face's Cohere and Gemma 2), before the
+        temperature; the hard-label CE uses the student's z.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or the per-position values
@@ -137,8 +153,9 @@ def fused_linear_kl_divergence(
     Raises:
       ValueError: for an unknown option, a non-positive ``chunk_size``,
         mismatched shapes (hidden size of ``x`` vs ``w``, vocabulary of ``w``
-        vs ``ref_w``, positions of ``x`` vs ``ref_x``), an empty vocabulary,
-        or concrete ``labels`` out of range at kept positions.
+        vs ``ref_w``, positions of ``x`` vs ``ref_x``, a bias not [V]), an
+        empty vocabulary, concrete ``labels`` out of range at kept positions,
+        a soft-cap ≤ 0 or a scale of 0 (or not finite).
       TypeError: for a traced value given as a static option, or integer input.
 
     Example:
@@ -171,6 +188,7 @@ def fused_linear_kl_divergence(
         chunk_size,
         hard,
         grad_accumulation,
+        transforms=(bias, logit_scale, softcap, ref_bias, ref_logit_scale, ref_softcap),
     )
 
 
@@ -191,6 +209,12 @@ def fused_linear_js_divergence(
     hard_weight: float | ArrayLike = 1.0,
     label_smoothing: float = 0.0,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    ref_bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    ref_logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
+    ref_softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, dict[str, Array]]:
     r"""Generalised Jensen–Shannon divergence between two linear heads, chunked.
 
@@ -224,6 +248,9 @@ def fused_linear_js_divergence(
         labels in the same pass, as in :func:`fused_linear_kl_divergence`.
       grad_accumulation: ``"float32"`` or ``"param"``, as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias, ref_bias, logit_scale, ref_logit_scale, softcap, ref_softcap: each
+        head's logits c · tanh(s · (x @ w + b) / c) before the temperature,
+        as in :func:`fused_linear_kl_divergence`.
 
     Returns:
       A scalar, or per-position values of shape ``x.shape[:-1]``; with
@@ -260,4 +287,5 @@ def fused_linear_js_divergence(
         chunk_size,
         hard,
         grad_accumulation,
+        transforms=(bias, logit_scale, softcap, ref_bias, ref_logit_scale, ref_softcap),
     )

@@ -21,7 +21,7 @@ from jaxpenalties.large_vocab import _indexing
 
 
 class Spec(Protocol):
-    """The static facts a chunk needs (``_fused_kernel.Config`` has them)."""
+    """The static facts a chunk needs (``_fused_scan.Config`` has them)."""
 
     @property
     def kind(self) -> str: ...  # the kernel's kind, or "uld"

@@ -23,6 +23,7 @@ from jaxpenalties._core.types import (
 )
 from jaxpenalties.large_vocab import _fused_kernel as fk
 from jaxpenalties.large_vocab import _head_checks as head_checks
+from jaxpenalties.large_vocab import _head_transform as head_transform
 from jaxpenalties.large_vocab import _indexing
 
 # The default chunk is sized for KL's working memory per row (see
@@ -45,17 +46,22 @@ def run(
     hard: tuple[Any, Any, Any, Any, Any],
     grad_accumulation: str,
     top_k: int | None = None,
+    transforms: tuple[Any, ...] = (None,) * 6,
 ) -> Array | tuple[Array, dict[str, Array]]:
     """Validates what the public functions share, in their order, and runs
     the jitted core. ``hard`` is (labels, ignore_index, soft_weight,
     hard_weight, label_smoothing); ``beta`` is the kind's parameter (JS's β,
     α, skew λ); ``top_k`` ULD's truncation (ULD's heads may have vocabularies
-    of different sizes)."""
+    of different sizes); ``transforms`` is (bias, logit_scale, softcap,
+    ref_bias, ref_logit_scale, ref_softcap)."""
     checks.check_option("reduction", reduction, checks.REDUCTIONS)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
     x, w, ref_x, ref_w = head_checks.check_heads(
         *heads, chunk_size, same_vocab=kind != "uld"
     )
+    bias, scale, cap, ref_bias, ref_scale, ref_cap = transforms
+    tr = head_transform.check("", bias, scale, cap, w.shape[1])
+    rtr = head_transform.check("ref_", ref_bias, ref_scale, ref_cap, ref_w.shape[1])
     hard_options = head_checks.check_hard(hard, x, w, reduction, where)
     temperature = divergence_checks.check_temperature(temperature)
     return _fused_impl(
@@ -66,6 +72,8 @@ def run(
         temperature,
         beta,
         where,
+        tr,
+        rtr,
         kind=kind,
         swap=swap,
         reduction=reduction,
@@ -97,6 +105,8 @@ def _fused_impl(
     temperature: ArrayLike | None,
     beta: ArrayLike | None,
     where: ArrayLike | None,
+    tr: head_transform.Transform | None,
+    rtr: head_transform.Transform | None,
     labels: Array | None = None,
     soft_weight: ArrayLike | None = None,
     hard_weight: ArrayLike | None = None,
@@ -132,7 +142,8 @@ def _fused_impl(
         top_k=top_k,
     )
 
-    heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta)
+    tr, rtr = head_transform.prepare(tr, dtype), head_transform.prepare(rtr, dtype)
+    heads = fk.Heads(x=xs, w=w, rx=rxs, rw=ref_w, t=t, beta=beta, tr=tr, rtr=rtr)
     if labels is not None:
         parts = (soft_weight, hard_weight)
         return _distill(

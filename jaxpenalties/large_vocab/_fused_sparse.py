@@ -12,6 +12,7 @@ by the rule every fused path shares (``grad_accumulation``).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +28,23 @@ from jaxpenalties._core.types import (
 )
 from jaxpenalties.large_vocab import _head_checks as head_checks
 from jaxpenalties.large_vocab import _head_scan, _topk
+from jaxpenalties.large_vocab import _head_transform as head_transform
 
 
 def _chunk_values(
     z: Array,
     parts: tuple[Array, Array, Array],
-    shared: tuple[Array | None, float | None],
+    shared: tuple[Array | None, float | None, Any],
     *,
     kind: str,
     swap: bool,
     tail: str,
 ) -> Array:
-    """One chunk's per-position divergences from its logits z [C, V]."""
+    """One chunk's per-position divergences from its raw logits z [C, V]
+    (mapped by the head's bias, scale and soft-cap, when given)."""
     indices, teacher, mask = parts
-    t, beta = shared
-    student = jax.nn.log_softmax(z, axis=-1)
+    t, beta, tr = shared
+    student = jax.nn.log_softmax(head_transform.apply(tr, z), axis=-1)
     return _topk.divergence(
         student,
         indices,
@@ -74,6 +77,7 @@ def _impl(
     teacher: Array,
     t: Array | None,
     mask: Array | None,
+    tr: head_transform.Transform | None,
     beta: float | None,
     *,
     kind: str,
@@ -91,7 +95,8 @@ def _impl(
     parts = (lay.chunked(indices), lay.chunked(teacher), lay.chunked(valid))
     f = functools.partial(_chunk_values, kind=kind, swap=swap, tail=tail)
     dtype = numerics.compute_dtype(x, w, teacher)
-    values = _head_scan.head_scan(f, dtype, grad_accumulation, xs, w, parts, (t, beta))
+    shared = (t, beta, head_transform.prepare(tr, dtype))
+    values = _head_scan.head_scan(f, dtype, grad_accumulation, xs, w, parts, shared)
     return numerics.reduce(lay.unchunked(values), reduction, mask)
 
 
@@ -104,15 +109,18 @@ def _check(
     reduction: str,
     where: ArrayLike | None,
     chunk_size: int | None,
-) -> tuple[Array, Array, Array, Array, Array | None, Array | None]:
-    """Validates everything eagerly; ``top_k`` is (indices, teacher log-probs)."""
+    transform: tuple[Any, Any, Any] = (None, None, None),
+) -> tuple[Any, ...]:
+    """Validates everything eagerly; ``top_k`` is (indices, teacher log-probs),
+    ``transform`` (bias, logit_scale, softcap)."""
     x, w = head_checks.check_linear_head(x, w, chunk_size)
+    tr = head_transform.check("", *transform, w.shape[1])
     student_shape = x.shape[:-1] + (w.shape[1],)
     indices, teacher, t, mask = head_checks.check_teacher(
         student_shape, top_k[0], top_k[1], tail, temperature, reduction, where
     )
     t = None if t is None else jnp.asarray(t, numerics.compute_dtype(x, w, teacher))
-    return x, w, indices, teacher, t, mask
+    return x, w, indices, teacher, t, mask, tr
 
 
 def fused_linear_sparse_kl_divergence(
@@ -129,6 +137,9 @@ def fused_linear_sparse_kl_divergence(
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
 ) -> Array:
     r"""KL between a linear-head student P = softmax(x W) and a top-k teacher Q.
 
@@ -155,6 +166,14 @@ def fused_linear_sparse_kl_divergence(
       grad_accumulation: how ``w``'s gradient is summed over chunks:
         ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias: optional bias [V] of the head (x @ w + bias); gets its gradient.
+      logit_scale: optional logit scale s, finite and nonzero (a number or a
+        scalar array, which may be traced and gets its gradient).
+      softcap: optional soft-cap c > 0 (a number or a scalar array, which may
+        be traced and gets its gradient; a traced c ≤ 0 gives NaN). The
+        logits are c · tanh(s · (x @ w + b) / c), in this order (bias, scale,
+        soft-cap, as in Hugging Face's Cohere and Gemma 2), before the
+        temperature.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.
@@ -179,7 +198,10 @@ def fused_linear_sparse_kl_divergence(
     kind, swap = divergence_checks.check_kl_direction(direction, symmetric)
     top_k = (teacher_indices, teacher_logprobs)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
-    args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
+    transform = (bias, logit_scale, softcap)
+    args = _check(
+        x, w, top_k, tail, temperature, reduction, where, chunk_size, transform
+    )
     return _impl(
         *args,
         None,
@@ -205,6 +227,9 @@ def fused_linear_sparse_js_divergence(
     where: ArrayLike | None = None,
     chunk_size: int | None = None,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
 ) -> Array:
     r"""Generalised JS between a linear-head student and a top-k teacher.
 
@@ -225,6 +250,8 @@ def fused_linear_sparse_js_divergence(
       chunk_size: positions whose logits exist at once, or None. Static.
       grad_accumulation: ``"float32"`` (default) or ``"param"``, as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias, logit_scale, softcap: the student head's logits c · tanh(s ·
+        (x @ w + b) / c), as in :func:`fused_linear_sparse_kl_divergence`.
 
     Returns:
       A float32 scalar (float64 for float64 inputs), or per-position values.
@@ -245,7 +272,10 @@ def fused_linear_sparse_js_divergence(
     beta = divergence_checks.check_beta(beta)
     top_k = (teacher_indices, teacher_logprobs)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
-    args = _check(x, w, top_k, tail, temperature, reduction, where, chunk_size)
+    transform = (bias, logit_scale, softcap)
+    args = _check(
+        x, w, top_k, tail, temperature, reduction, where, chunk_size, transform
+    )
     return _impl(
         *args,
         beta,

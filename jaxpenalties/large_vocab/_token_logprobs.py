@@ -11,6 +11,7 @@ log-probs this way, then the ratio objective and :func:`kl_estimate`.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from jaxpenalties._core import (
 from jaxpenalties._core.types import Array, ArrayLike, GradAccumulation
 from jaxpenalties.large_vocab import _head_checks as head_checks
 from jaxpenalties.large_vocab import _head_scan, _indexing
+from jaxpenalties.large_vocab import _head_transform as head_transform
 
 
 def _chunk_stats(
@@ -39,9 +41,11 @@ def _chunk_stats(
 
 
 def _chunk_outputs(
-    z: Array, parts: tuple[Array], shared: tuple[Array | None]
+    z: Array, parts: tuple[Array], shared: tuple[Array | None, Any]
 ) -> tuple[Array, Array]:
-    """One chunk's log p(y) and H [C] from its logits z [C, V]."""
+    """One chunk's log p(y) and H [C] from its raw logits z [C, V] (mapped by
+    the head's bias, scale and soft-cap, ``shared[1]``, when given)."""
+    z = head_transform.apply(shared[1], z)
     _, _, logp, entropy = _chunk_stats(z, parts[0], shared[0])
     return logp, entropy
 
@@ -55,6 +59,7 @@ def _impl(
     tokens: Array,
     temperature: ArrayLike | None,
     where: ArrayLike | None,
+    tr: head_transform.Transform | None,
     *,
     chunk_size: int | None,
     entropy: bool,
@@ -66,8 +71,9 @@ def _impl(
     xs = lay.chunked(numerics.sanitize(x, mask))
     safe = _indexing.clean(tokens, w.shape[1], mask)
     t = None if temperature is None else jnp.asarray(temperature, dtype)
+    shared = (t, head_transform.prepare(tr, dtype))
     logp, ent = _head_scan.head_scan(
-        _chunk_outputs, dtype, grad_accumulation, xs, w, (lay.chunked(safe),), (t,)
+        _chunk_outputs, dtype, grad_accumulation, xs, w, (lay.chunked(safe),), shared
     )
     logp, ent = (
         numerics.sanitize(lay.unchunked(logp), mask),
@@ -86,6 +92,9 @@ def fused_linear_token_logprobs(
     chunk_size: int | None = None,
     entropy: bool = False,
     grad_accumulation: GradAccumulation = "float32",
+    bias: ArrayLike | None = None,
+    logit_scale: float | ArrayLike | None = None,
+    softcap: float | ArrayLike | None = None,
 ) -> Array | tuple[Array, Array]:
     r"""Log-probabilities of given tokens under a linear head, chunked.
 
@@ -119,6 +128,14 @@ def fused_linear_token_logprobs(
       grad_accumulation: how ``w``'s gradient is summed over chunks:
         ``"float32"`` (default) or ``"param"`` (in ``w``'s dtype), as in
         :func:`fused_linear_kl_divergence`. Static.
+      bias: optional bias [V] of the head (x @ w + bias); gets its gradient.
+      logit_scale: optional logit scale s, finite and nonzero (a number or a
+        scalar array, which may be traced and gets its gradient).
+      softcap: optional soft-cap c > 0 (a number or a scalar array, which may
+        be traced and gets its gradient; a traced c ≤ 0 gives NaN). The
+        logits are c · tanh(s · (x @ w + b) / c), in this order (bias, scale,
+        soft-cap, as in Hugging Face's Cohere and Gemma 2), before the
+        temperature.
 
     Returns:
       float32 log-probs of shape ``x.shape[:-1]`` (float64 for float64 inputs),
@@ -158,12 +175,14 @@ def fused_linear_token_logprobs(
     checks.check_bool("entropy", entropy)
     checks.check_option("grad_accumulation", grad_accumulation, chunking.ACCUMULATIONS)
     temperature = divergence_checks.check_temperature(temperature)
+    tr = head_transform.check("", bias, logit_scale, softcap, w.shape[1])
     return _impl(
         x,
         w,
         tokens,
         temperature,
         mask,
+        tr,
         chunk_size=chunk_size,
         entropy=entropy,
         grad_accumulation=grad_accumulation,
