@@ -599,6 +599,48 @@ def _fused_named(
     )
 
 
+# Soft-capped, scaled and biased heads (Gemma 2, Cohere): the fused KL step
+# with each option, within NAMED_LIMIT × the plain step, same targets and N.
+HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "softcap": {"softcap": 30.0, "ref_softcap": 30.0},
+    "scale-bias": {"logit_scale": 0.0625, "bias": True},
+    "all": {"softcap": 30.0, "logit_scale": 0.5, "bias": True, "ref_softcap": 30.0},
+}
+
+
+def _fused_kl_head(
+    x: jax.Array,
+    w: jax.Array,
+    rx: jax.Array,
+    rw: jax.Array,
+    bias: jax.Array,
+    *,
+    options: dict[str, Any],
+) -> jax.Array:
+    sg = jax.lax.stop_gradient
+    kw = {**options, "bias": bias} if "bias" in options else options
+    return cast(jax.Array, jp.fused_linear_kl_divergence(x, w, sg(rx), sg(rw), **kw))
+
+
+def _head_cases(n: int, kl: Case) -> list[Case]:
+    """The fused KL step with each of :data:`HEAD_OPTIONS`, against ``kl``."""
+    return [
+        Case(
+            f"fused-kl-{name}-N{n}",
+            jax.value_and_grad(
+                functools.partial(_fused_kl_head, options=options), argnums=(0, 1, 4)
+            ),
+            (*_fused_args("kl", n), _spec((V,))),
+            n=n,
+            dense=False,
+            anchor=f"fused KL N{n}",
+            limit=NAMED_LIMIT,
+            baseline=kl,
+        )
+        for name, options in HEAD_OPTIONS.items()
+    ]
+
+
 def _named_cases(target: str) -> list[Case]:
     """Each divergence by name against the fused KL step (default options)."""
     if target not in NAMED_TARGETS:
@@ -628,6 +670,7 @@ def _named_cases(target: str) -> list[Case]:
                     gpu_options=_NO_CUB_SORT if divergence == "uld" else (),
                 )
             )
+        cases += _head_cases(n, kl)
     return cases
 
 
